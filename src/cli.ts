@@ -1,0 +1,133 @@
+#!/usr/bin/env node
+/**
+ * Command-line flags (with JMAPACCESS_PROXY_* environment fallbacks) to a
+ * validated Config, then the server. Exit status 2 for any bad flag.
+ */
+
+import { readFileSync } from 'node:fs';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { ConfigError, DEFAULT_MAX_LINE_LENGTH, DEFAULT_MECHANISMS, validateConfig, type Config } from './config.js';
+import { createLogger } from './logger.js';
+import { ProxyServer } from './server.js';
+
+const EXIT_USAGE = 2;
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+function usageError(message: string): never {
+  process.stderr.write(`jmapaccess-proxy: ${message}\nTry --help for the list of flags.\n`);
+  process.exit(EXIT_USAGE);
+}
+
+export function parseArgs(argv: string[]): Config {
+  const args = yargs(argv)
+    .scriptName('jmapaccess-proxy')
+    .usage('$0 --upstream imap://HOST:PORT --jmap-url URL [options]\n\nAdds RFC 9698 JMAPACCESS to an IMAP server.')
+    .env('JMAPACCESS_PROXY')
+    .option('listen', {
+      type: 'string',
+      default: '127.0.0.1:1143',
+      describe: 'Address to accept IMAP clients on: HOST:PORT, [IPv6]:PORT',
+    })
+    .option('upstream', { type: 'string', describe: 'The IMAP server: imap://HOST:PORT (required)' })
+    .option('jmap-url', { type: 'string', describe: 'JMAP session resource URL returned by GETJMAPACCESS (required)' })
+    .option('jmap-mechanisms', {
+      type: 'string',
+      default: DEFAULT_MECHANISMS.join(','),
+      describe: 'Comma list of login methods whose credentials also work for JMAP (LOGIN = the LOGIN command and SASL LOGIN)',
+    })
+    .option('objectid', {
+      type: 'string',
+      choices: ['require', 'assume'],
+      default: 'require',
+      describe: 'require: grant JMAPACCESS only if the upstream offers OBJECTID after login; assume: grant without it',
+    })
+    .option('allow-insecure-jmap-url', {
+      type: 'boolean',
+      default: false,
+      describe: 'Permit an http:// JMAP URL (labs and tests only)',
+    })
+    .option('max-line-length', {
+      type: 'number',
+      default: DEFAULT_MAX_LINE_LENGTH,
+      describe: 'Longest command or response line accepted, in bytes (literals are not counted)',
+    })
+    .option('upstream-connect-timeout', {
+      type: 'string',
+      default: '10s',
+      describe: 'Give up connecting to the upstream after this long (seconds, or 500ms, 10s, 1m)',
+    })
+    .option('log-level', {
+      type: 'string',
+      choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
+      default: 'info',
+      describe: 'Log level (JSON lines on stdout)',
+    })
+    .strict()
+    .version(version())
+    .help()
+    .alias('h', 'help')
+    .wrap(Math.min(110, process.stdout.columns || 110))
+    .fail((message, err) => usageError(err?.message ?? message))
+    .parseSync();
+
+  try {
+    return validateConfig({
+      listen: args.listen,
+      upstream: args.upstream ?? '',
+      jmapUrl: args['jmap-url'] ?? '',
+      jmapMechanisms: args['jmap-mechanisms'],
+      objectId: args.objectid,
+      allowInsecureJmapUrl: args['allow-insecure-jmap-url'],
+      maxLineLength: args['max-line-length'],
+      upstreamConnectTimeout: args['upstream-connect-timeout'],
+      logLevel: args['log-level'],
+    });
+  } catch (err) {
+    if (err instanceof ConfigError) usageError(err.message);
+    throw err;
+  }
+}
+
+async function main(): Promise<void> {
+  const config = parseArgs(hideBin(process.argv));
+  const log = createLogger(config.logLevel);
+  if (config.objectId === 'assume') {
+    log.warn('--objectid assume: JMAPACCESS is granted even when the upstream does not offer OBJECTID (RFC 9698 requires it)');
+  }
+  if (config.jmapUrl.startsWith('http:')) {
+    log.warn({ jmapUrl: config.jmapUrl }, 'the JMAP URL is not https (--allow-insecure-jmap-url); clients would send credentials in clear');
+  }
+  const server = new ProxyServer(config, log);
+  try {
+    await server.listen();
+  } catch (err) {
+    log.fatal({ err: (err as Error).message }, 'cannot listen');
+    log.flush();
+    process.exit(1);
+  }
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping');
+    const forced = setTimeout(() => process.exit(0), 5000);
+    forced.unref();
+    void server.close().then(() => {
+      log.info('stopped');
+      log.flush();
+      process.exit(0);
+    });
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`jmapaccess-proxy: ${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});

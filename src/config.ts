@@ -1,0 +1,187 @@
+/**
+ * The validated configuration of one proxy process. Everything the CLI (or
+ * a test) hands in goes through validateConfig(): a Config is always valid.
+ */
+
+import { quoteImapString } from './imap/quote.js';
+
+export type ObjectIdMode = 'require' | 'assume';
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+export interface HostPort {
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface Config {
+  readonly listen: HostPort;
+  readonly upstream: HostPort;
+  /** The JMAP session resource URL (RFC 8620 section 2), as given. */
+  readonly jmapUrl: string;
+  /** The URL already written as an IMAP `quoted` string. */
+  readonly jmapUrlQuoted: string;
+  /** Upper-cased; `LOGIN` covers both the LOGIN command and the SASL LOGIN mechanism. */
+  readonly jmapMechanisms: ReadonlySet<string>;
+  readonly objectId: ObjectIdMode;
+  readonly allowInsecureJmapUrl: boolean;
+  readonly maxLineLength: number;
+  /** Milliseconds to wait for the upstream's TCP connection. */
+  readonly upstreamConnectTimeoutMs: number;
+  readonly logLevel: LogLevel;
+}
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+export interface RawConfig {
+  listen: string;
+  upstream: string;
+  jmapUrl: string;
+  jmapMechanisms?: string | readonly string[];
+  objectId?: string;
+  allowInsecureJmapUrl?: boolean;
+  maxLineLength?: number;
+  upstreamConnectTimeout?: string | number;
+  logLevel?: string;
+}
+
+export const DEFAULT_MECHANISMS = ['LOGIN', 'PLAIN', 'OAUTHBEARER', 'XOAUTH2'] as const;
+export const DEFAULT_MAX_LINE_LENGTH = 65536;
+const MIN_LINE_LENGTH = 1024;
+const MAX_LINE_LENGTH = 16 * 1024 * 1024;
+const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+/** `HOST:PORT`, `[v6]:PORT`, or `:PORT` / `PORT` meaning all interfaces. */
+export function parseHostPort(text: string, what: string): HostPort {
+  const value = text.trim();
+  let host: string;
+  let portText: string;
+  const v6 = /^\[([^\]]+)\]:(\d+)$/.exec(value);
+  if (v6) {
+    host = v6[1] as string;
+    portText = v6[2] as string;
+  } else if (/^\d+$/.test(value)) {
+    host = '0.0.0.0';
+    portText = value;
+  } else {
+    const colon = value.lastIndexOf(':');
+    if (colon === -1) throw new ConfigError(`${what}: expected HOST:PORT, got "${text}"`);
+    host = value.slice(0, colon) || '0.0.0.0';
+    portText = value.slice(colon + 1);
+    if (host.includes(':')) throw new ConfigError(`${what}: write IPv6 addresses in brackets, as [::1]:143`);
+  }
+  if (!/^\d+$/.test(portText)) throw new ConfigError(`${what}: port must be a number, got "${portText}"`);
+  const port = Number(portText);
+  if (port < 1 || port > 65535) throw new ConfigError(`${what}: port ${port} is out of range 1-65535`);
+  return { host, port };
+}
+
+/** `imap://HOST:PORT` (the port defaults to 143). */
+export function parseUpstream(text: string): HostPort {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new ConfigError(`--upstream: "${text}" is not a URL; expected imap://HOST:PORT`);
+  }
+  if (url.protocol === 'imaps:') {
+    throw new ConfigError('--upstream: imaps:// (TLS to the upstream) is not supported yet; use imap://HOST:PORT');
+  }
+  if (url.protocol !== 'imap:') throw new ConfigError(`--upstream: scheme must be imap://, got "${url.protocol}//"`);
+  if (url.username || url.password) throw new ConfigError('--upstream: must not contain credentials');
+  if ((url.pathname && url.pathname !== '/') || url.search || url.hash) {
+    throw new ConfigError(`--upstream: expected imap://HOST:PORT with nothing after the port, got "${text}"`);
+  }
+  const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
+  if (!host) throw new ConfigError('--upstream: missing host');
+  return { host, port: url.port ? Number(url.port) : 143 };
+}
+
+/**
+ * The JMAP session URL must be absolute, https (unless explicitly allowed),
+ * and writable as an IMAP quoted string: RFC 9698 puts it in `quoted`, and a
+ * URL that cannot be written so is refused now rather than at run time.
+ */
+export function validateJmapUrl(text: string, allowInsecure: boolean): { url: string; quoted: string } {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new ConfigError(`--jmap-url: "${text}" is not an absolute URL`);
+  }
+  if (url.protocol !== 'https:' && !(allowInsecure && url.protocol === 'http:')) {
+    const hint = url.protocol === 'http:' ? ' (use --allow-insecure-jmap-url for a lab or test setup)' : '';
+    throw new ConfigError(`--jmap-url: must be an https:// URL, got "${url.protocol}//"${hint}`);
+  }
+  if (url.username || url.password) throw new ConfigError('--jmap-url: must not contain credentials');
+  if (url.hash) throw new ConfigError('--jmap-url: must not contain a #fragment');
+  // The URL is sent as given (operators expect their exact string back), so
+  // the given text itself must be quotable, not only its normalised form.
+  const quoted = quoteImapString(text);
+  if (quoted === null) {
+    throw new ConfigError('--jmap-url: contains characters an IMAP quoted string cannot carry (CR, LF, NUL or non-ASCII)');
+  }
+  return { url: text, quoted };
+}
+
+/** Plain seconds (`2.5`) or a number with a unit: `500ms`, `30s`, `31m`, `2h`. */
+export function parseDuration(value: string | number, what: string): number {
+  if (typeof value === 'number') {
+    if (!Number.isFinite(value) || value < 0) throw new ConfigError(`${what}: must be a non-negative number of seconds`);
+    return Math.round(value * 1000);
+  }
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(value);
+  if (!match) throw new ConfigError(`${what}: expected seconds or a duration such as 500ms, 30s, 31m; got "${value}"`);
+  const amount = Number(match[1]);
+  const unit = match[2] ?? 's';
+  const factor = unit === 'ms' ? 1 : unit === 's' ? 1000 : unit === 'm' ? 60_000 : 3_600_000;
+  return Math.round(amount * factor);
+}
+
+function parseMechanisms(value: string | readonly string[] | undefined): Set<string> {
+  const items = value === undefined ? [...DEFAULT_MECHANISMS] : typeof value === 'string' ? [value] : [...value];
+  const mechanisms = new Set<string>();
+  for (const item of items) {
+    for (const part of item.split(',')) {
+      const mechanism = part.trim().toUpperCase();
+      if (mechanism === '') continue;
+      if (!/^[A-Z0-9_-]{1,20}$/.test(mechanism)) {
+        throw new ConfigError(`--jmap-mechanisms: "${part.trim()}" is not a SASL mechanism name`);
+      }
+      mechanisms.add(mechanism);
+    }
+  }
+  return mechanisms;
+}
+
+export function validateConfig(raw: RawConfig): Config {
+  if (!raw.upstream) throw new ConfigError('--upstream is required (imap://HOST:PORT)');
+  if (!raw.jmapUrl) throw new ConfigError('--jmap-url is required (the JMAP session resource URL)');
+  const objectId = raw.objectId ?? 'require';
+  if (objectId !== 'require' && objectId !== 'assume') {
+    throw new ConfigError(`--objectid: must be "require" or "assume", got "${objectId}"`);
+  }
+  const maxLineLength = raw.maxLineLength ?? DEFAULT_MAX_LINE_LENGTH;
+  if (!Number.isInteger(maxLineLength) || maxLineLength < MIN_LINE_LENGTH || maxLineLength > MAX_LINE_LENGTH) {
+    throw new ConfigError(`--max-line-length: must be an integer from ${MIN_LINE_LENGTH} to ${MAX_LINE_LENGTH}`);
+  }
+  const logLevel = (raw.logLevel ?? 'info') as LogLevel;
+  if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError(`--log-level: must be one of ${LOG_LEVELS.join(', ')}`);
+  const allowInsecureJmapUrl = raw.allowInsecureJmapUrl ?? false;
+  const jmap = validateJmapUrl(raw.jmapUrl, allowInsecureJmapUrl);
+  const upstreamConnectTimeoutMs = parseDuration(raw.upstreamConnectTimeout ?? '10s', '--upstream-connect-timeout');
+  if (upstreamConnectTimeoutMs < 1) throw new ConfigError('--upstream-connect-timeout: must be above zero');
+  return {
+    listen: parseHostPort(raw.listen, '--listen'),
+    upstream: parseUpstream(raw.upstream),
+    jmapUrl: jmap.url,
+    jmapUrlQuoted: jmap.quoted,
+    jmapMechanisms: parseMechanisms(raw.jmapMechanisms),
+    objectId,
+    allowInsecureJmapUrl,
+    maxLineLength,
+    upstreamConnectTimeoutMs,
+    logLevel,
+  };
+}

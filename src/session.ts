@@ -1,0 +1,713 @@
+/**
+ * One client connection and its upstream connection: the two framers, the
+ * session state, the commands in flight, and the points where the proxy
+ * rewrites or answers instead of forwarding.
+ *
+ * Data flows through unchanged except for:
+ *  - capability lists from the upstream (rewritten: see imap/capabilities.ts);
+ *  - GETJMAPACCESS, STARTTLS and COMPRESS commands, answered here;
+ *  - a CAPABILITY command of the proxy's own, sent only when GETJMAPACCESS
+ *    needs to know whether the upstream has OBJECTID; its responses are
+ *    hidden from the client.
+ *
+ * Replies the proxy writes itself go out only when every command the client
+ * sent before them has completed and the upstream's response stream is
+ * between two responses, so they reflect those commands' outcomes and never
+ * land inside another response. Until then the client's input is held.
+ */
+
+import type { Socket } from 'node:net';
+import net from 'node:net';
+import type { Logger } from 'pino';
+import type { Config } from './config.js';
+import { Framer, type FramerError } from './imap/framer.js';
+import type { LiteralAnnouncement } from './imap/literal.js';
+import { atomsAfter, clientLiteralRule, isDone, parseCommandHead, readAstring, type CommandHead } from './imap/command.js';
+import {
+  capabilityAtoms,
+  classifyResponse,
+  findCapabilities,
+  replaceCapabilities,
+  serverLiteralRule,
+  type CapabilitySpan,
+} from './imap/response.js';
+import { hasCapability, rewriteCapabilities } from './imap/capabilities.js';
+import { saslIdentity } from './imap/sasl.js';
+import {
+  decide,
+  getJmapAccessReply,
+  needsObjectIdProbe,
+  type Authentication,
+  type Decision,
+  type ObjectIdKnowledge,
+  type SessionFacts,
+} from './jmapaccess.js';
+import { Outbox } from './outbox.js';
+
+export type SessionState = 'not-authenticated' | 'authenticated' | 'selected' | 'logout';
+
+type CommandKind = 'plain' | 'login' | 'authenticate' | 'idle' | 'select' | 'deselect' | 'logout' | 'probe';
+
+/** A command sent upstream whose tagged completion has not arrived yet. */
+interface InFlight {
+  readonly tag: string;
+  readonly name: string;
+  readonly kind: CommandKind;
+  /** For login/authenticate: `LOGIN` or the SASL mechanism, upper-cased. */
+  readonly mechanism?: string;
+  /** For login/authenticate: the identity, once known. */
+  user?: string;
+}
+
+/** The client command whose lines and literals are arriving now. */
+interface CurrentCommand {
+  readonly entry: InFlight | null;
+  /** Bytes of this command are dropped, not forwarded (a refused local command). */
+  readonly discard: boolean;
+  /** The reply to write when a discarded command ends. */
+  readonly replyAtEnd?: string;
+  /** LOGIN's user name arrives as a literal: keep up to USER_CAPTURE_LIMIT bytes of it. */
+  captureUser: boolean;
+  captured?: Buffer[];
+  capturedLength?: number;
+}
+
+/** What the client's next line is, besides a command. */
+type ClientMode = 'command' | 'authenticate' | 'idle';
+
+/** Capability responses held while a login is in flight, until its outcome is known. */
+interface HeldResponses {
+  readonly loginTag: string;
+  readonly lines: Buffer[];
+  bytes: number;
+}
+
+const USER_CAPTURE_LIMIT = 256;
+/** Invalid command lines in a row after which the client is disconnected. */
+const MAX_INVALID_COMMANDS = 10;
+/** How long a closing connection may take to flush before it is destroyed. */
+const CLOSE_FLUSH_MS = 5000;
+const LOCAL_COMMANDS = new Set(['GETJMAPACCESS', 'STARTTLS', 'COMPRESS']);
+
+export interface SessionEvents {
+  /** Called once when both sockets are gone. */
+  onClose(session: Session): void;
+}
+
+export class Session {
+  readonly id: string;
+  private readonly client: Socket;
+  private upstream: Socket | null = null;
+  private readonly config: Config;
+  private readonly log: Logger;
+  private readonly events: SessionEvents;
+  private readonly startedAt = Date.now();
+
+  private readonly clientFramer: Framer;
+  private readonly serverFramer: Framer;
+  private readonly toClient = new Outbox();
+  private readonly toUpstream = new Outbox();
+
+  private state: SessionState = 'not-authenticated';
+  private authentication: Authentication | null = null;
+  private objectId: ObjectIdKnowledge = 'unknown';
+  private greeted = false;
+
+  private readonly inFlight: InFlight[] = [];
+  private current: CurrentCommand | null = null;
+  private clientMode: ClientMode = 'command';
+  /** The AUTHENTICATE in progress, while clientMode is 'authenticate'. */
+  private authenticating: InFlight | null = null;
+  /** Server challenges (`+`) the client has not answered yet. */
+  private saslChallenges = 0;
+  private saslResponses = 0;
+  /** The command whose synchronizing literal waits for the server's `+`. */
+  private awaitingGoAhead: InFlight | null = null;
+  private held: HeldResponses | null = null;
+  private probeCounter = 0;
+  private invalidCommands = 0;
+
+  /** Client input is held until a local reply can be written or an AUTHENTICATE ends. */
+  private clientHeld = false;
+  private closing = false;
+  private closed = false;
+  private closeReason = 'client closed';
+
+  constructor(id: string, client: Socket, config: Config, log: Logger, events: SessionEvents) {
+    this.id = id;
+    this.client = client;
+    this.config = config;
+    this.events = events;
+    this.log = log.child({ conn: id });
+    this.clientFramer = new Framer(
+      {
+        line: (line, literal, first) => this.onClientLine(line, literal, first),
+        literal: (chunk) => this.onClientLiteral(chunk),
+        literalEnd: () => this.onClientLiteralEnd(),
+        error: (kind) => this.onClientFramingError(kind),
+      },
+      clientLiteralRule,
+      config.maxLineLength,
+    );
+    this.serverFramer = new Framer(
+      {
+        line: (line, _literal, first) => this.onServerLine(line, first),
+        literal: (chunk) => this.onServerLiteral(chunk),
+        literalEnd: () => {},
+        error: (kind) => this.onServerFramingError(kind),
+      },
+      serverLiteralRule,
+      config.maxLineLength,
+    );
+  }
+
+  get sessionState(): SessionState {
+    return this.state;
+  }
+
+  /** Connects upstream and starts relaying. */
+  start(): void {
+    const client = this.client;
+    client.setNoDelay(true);
+    this.log.info({ peer: `${client.remoteAddress}:${client.remotePort}` }, 'connection opened');
+    client.on('data', (chunk: Buffer) => this.onClientData(chunk));
+    client.on('end', () => this.onClientEnd());
+    client.on('error', (err) => this.onSocketError('client', err));
+    client.on('close', () => this.onClientClose());
+    client.on('drain', () => this.updateReading());
+
+    const { host, port } = this.config.upstream;
+    const connectStarted = Date.now();
+    const upstream = net.connect({ host, port });
+    this.upstream = upstream;
+    upstream.setNoDelay(true);
+    upstream.setTimeout(this.config.upstreamConnectTimeoutMs, () => {
+      upstream.destroy(new Error(`no connection within ${this.config.upstreamConnectTimeoutMs} ms`));
+    });
+    upstream.once('connect', () => {
+      upstream.setTimeout(0);
+      this.log.info({ upstream: `${host}:${port}`, ms: Date.now() - connectStarted }, 'upstream connected');
+    });
+    upstream.on('data', (chunk: Buffer) => this.onUpstreamData(chunk));
+    upstream.on('end', () => this.onUpstreamEnd());
+    upstream.on('error', (err) => this.onSocketError('upstream', err));
+    upstream.on('close', () => this.onUpstreamClose());
+    upstream.on('drain', () => this.updateReading());
+  }
+
+  /** Ends the session now (server shutdown). */
+  shutdown(text: string): void {
+    this.close('proxy shutting down', `* BYE [UNAVAILABLE] ${text}\r\n`);
+  }
+
+  // ---------------------------------------------------------------- I/O shell
+
+  private onClientData(chunk: Buffer): void {
+    if (this.closing) return;
+    this.clientFramer.push(chunk);
+    this.flush();
+  }
+
+  private onUpstreamData(chunk: Buffer): void {
+    if (this.closing) return;
+    this.serverFramer.push(chunk);
+    // A held client line may now be answerable (commands completed, challenge arrived).
+    if (this.clientHeld && !this.closing) {
+      this.clientHeld = false;
+      this.clientFramer.resume();
+    }
+    this.flush();
+  }
+
+  private flush(): void {
+    if (this.closed) return;
+    this.toClient.flushTo(this.client);
+    if (this.upstream) this.toUpstream.flushTo(this.upstream);
+    this.updateReading();
+  }
+
+  /**
+   * Backpressure: read from a side only while the other side's socket is not
+   * over its high-water mark, and read from the client only while its input
+   * is not held.
+   */
+  private updateReading(): void {
+    const upstream = this.upstream;
+    if (this.closing || !upstream) return;
+    const readClient = !this.clientHeld && !upstream.writableNeedDrain;
+    if (readClient === this.client.isPaused()) readClient ? this.client.resume() : this.client.pause();
+    const readUpstream = !this.client.writableNeedDrain;
+    if (readUpstream === upstream.isPaused()) readUpstream ? upstream.resume() : upstream.pause();
+  }
+
+  private onClientEnd(): void {
+    this.close('client closed');
+  }
+
+  private onUpstreamEnd(): void {
+    this.close('upstream closed', this.byeIfUnannounced('Connection to the IMAP server was lost'));
+  }
+
+  private onClientClose(): void {
+    this.close(this.closing ? this.closeReason : 'client closed');
+    this.upstream?.destroy();
+    this.finish();
+  }
+
+  private onUpstreamClose(): void {
+    if (!this.greeted) {
+      this.close('upstream unavailable', '* BYE [UNAVAILABLE] The IMAP server is unavailable, try again later\r\n');
+      return;
+    }
+    this.close('upstream closed', this.byeIfUnannounced('Connection to the IMAP server was lost'));
+  }
+
+  private onSocketError(side: 'client' | 'upstream', err: Error & { code?: string }): void {
+    if (side === 'upstream' && !this.greeted) {
+      this.log.warn({ err: err.message, code: err.code, upstream: this.config.upstream }, 'upstream connect failed');
+    } else {
+      this.log.debug({ side, err: err.message, code: err.code }, 'socket error');
+    }
+    if (side === 'client') {
+      this.close('client error');
+      this.client.destroy();
+    }
+    // Upstream errors are followed by 'close', which says BYE to the client.
+  }
+
+  /** `* BYE` for the client unless the upstream already said BYE. */
+  private byeIfUnannounced(text: string): string | undefined {
+    return this.state === 'logout' ? undefined : `* BYE [UNAVAILABLE] ${text}\r\n`;
+  }
+
+  /**
+   * Stops relaying. A BYE is written only between two responses, so that it
+   * never lands inside one; then the client link is ended after pending bytes.
+   */
+  private close(reason: string, bye?: string): void {
+    if (this.closing) return;
+    this.closing = true;
+    this.closeReason = reason;
+    this.clientFramer.stop();
+    this.serverFramer.stop();
+    if (bye && this.serverFramer.atMessageBoundary && !this.held) this.toClient.push(Buffer.from(bye, 'latin1'));
+    if (!this.client.destroyed) {
+      this.toClient.flushTo(this.client);
+      this.client.end();
+      setTimeout(() => this.client.destroy(), CLOSE_FLUSH_MS).unref();
+    }
+    if (this.upstream && !this.upstream.destroyed) {
+      if (this.upstream.connecting) this.upstream.destroy();
+      else this.upstream.end();
+      const upstream = this.upstream;
+      setTimeout(() => upstream.destroy(), CLOSE_FLUSH_MS).unref();
+    }
+  }
+
+  private finish(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.log.info(
+      {
+        reason: this.closeReason,
+        bytesFromClient: this.client.bytesRead,
+        bytesToClient: this.client.bytesWritten,
+        ms: Date.now() - this.startedAt,
+        user: this.authentication?.user,
+      },
+      'connection closed',
+    );
+    this.events.onClose(this);
+  }
+
+  // -------------------------------------------------------- client → upstream
+
+  private onClientLine(line: Buffer, literal: LiteralAnnouncement | null, first: boolean): void {
+    if (!first) return this.onClientContinuationLine(line, literal);
+    if (this.clientMode === 'idle') {
+      // Whatever the client sends during IDLE ends it (the server reads it as
+      // DONE or answers BAD); later lines are commands again.
+      if (!isDone(line)) this.log.debug('line other than DONE during IDLE');
+      this.clientMode = 'command';
+      this.forwardLine(line, literal, null);
+      return;
+    }
+    if (this.clientMode === 'authenticate') {
+      if (this.saslChallenges > 0) return this.forwardSaslResponse(line);
+      // No challenge is open: this is a command pipelined behind AUTHENTICATE.
+      // It waits for the AUTHENTICATE to end (or for a challenge).
+      return this.holdClientLine();
+    }
+    const head = parseCommandHead(line);
+    if (!head) return this.onInvalidCommand(line, literal);
+    this.invalidCommands = 0;
+    if (LOCAL_COMMANDS.has(head.name)) return this.onLocalCommand(head, literal);
+    this.forwardCommand(line, head, literal);
+  }
+
+  private onClientContinuationLine(line: Buffer, literal: LiteralAnnouncement | null): void {
+    const current = this.current;
+    if (current?.discard) {
+      if (!literal) {
+        this.current = null;
+        if (current.replyAtEnd) this.toClient.push(Buffer.from(current.replyAtEnd, 'latin1'));
+      }
+      return;
+    }
+    this.forwardLine(line, literal, current?.entry ?? null);
+  }
+
+  private onClientLiteral(chunk: Buffer): void {
+    const current = this.current;
+    if (current?.discard) return;
+    if (current?.captureUser) {
+      const captured = (current.captured ??= []);
+      const have = current.capturedLength ?? 0;
+      if (have < USER_CAPTURE_LIMIT) {
+        const piece = chunk.subarray(0, USER_CAPTURE_LIMIT - have);
+        captured.push(Buffer.from(piece));
+        current.capturedLength = have + piece.length;
+      }
+    }
+    this.toUpstream.push(chunk);
+  }
+
+  private onClientLiteralEnd(): void {
+    const current = this.current;
+    if (current?.captureUser && current.entry) {
+      current.entry.user = Buffer.concat(current.captured ?? []).toString('utf8');
+      current.captureUser = false;
+      current.captured = undefined;
+    }
+  }
+
+  /** Sends a line upstream as part of the current command. */
+  private forwardLine(line: Buffer, literal: LiteralAnnouncement | null, entry: InFlight | null): void {
+    this.toUpstream.push(line);
+    if (literal) {
+      if (literal.synchronizing && entry) this.awaitingGoAhead = entry;
+    } else {
+      this.current = null;
+    }
+  }
+
+  private forwardCommand(line: Buffer, head: CommandHead, literal: LiteralAnnouncement | null): void {
+    const entry = this.commandEntry(line, head);
+    let captureUser = false;
+    if (entry.kind === 'login' && entry.user === undefined && literal) {
+      const c = line[head.argsStart];
+      captureUser = c === 0x7b || c === 0x7e; // the user name itself is the literal
+    }
+    if (entry.kind === 'authenticate') {
+      this.clientMode = 'authenticate';
+      this.authenticating = entry;
+      this.saslChallenges = 0;
+      this.saslResponses = entry.user === undefined ? 0 : 1;
+    } else if (entry.kind === 'idle') {
+      this.clientMode = 'idle';
+    }
+    this.inFlight.push(entry);
+    this.log.trace({ tag: head.tag, command: head.name }, 'command');
+    this.current = literal ? { entry, discard: false, captureUser } : null;
+    this.forwardLine(line, literal, entry);
+  }
+
+  /** What the proxy tracks about a command; reads identities, never secrets. */
+  private commandEntry(line: Buffer, head: CommandHead): InFlight {
+    const { tag, name } = head;
+    switch (name) {
+      case 'LOGIN': {
+        const user = readAstring(line, head.argsStart, head.end);
+        return { tag, name, kind: 'login', mechanism: 'LOGIN', user: user?.value };
+      }
+      case 'AUTHENTICATE': {
+        const [mechanismText, initialResponse] = atomsAfter(line, head.argsStart, head.end);
+        const mechanism = (mechanismText ?? '').toUpperCase();
+        const user = initialResponse === undefined ? undefined : saslIdentity(mechanism, initialResponse);
+        return { tag, name, kind: 'authenticate', mechanism, user };
+      }
+      case 'IDLE':
+        return { tag, name, kind: 'idle' };
+      case 'SELECT':
+      case 'EXAMINE':
+        return { tag, name, kind: 'select' };
+      case 'CLOSE':
+      case 'UNSELECT':
+        return { tag, name, kind: 'deselect' };
+      case 'LOGOUT':
+        return { tag, name, kind: 'logout' };
+      default:
+        return { tag, name, kind: 'plain' };
+    }
+  }
+
+  private forwardSaslResponse(line: Buffer): void {
+    this.saslChallenges--;
+    const entry = this.authenticating;
+    if (entry && this.saslResponses === 0 && entry.user === undefined && entry.mechanism) {
+      // The first response carries the identity (PLAIN, LOGIN, OAUTHBEARER, XOAUTH2).
+      entry.user = saslIdentity(entry.mechanism, line.toString('latin1'));
+    }
+    this.saslResponses++;
+    this.toUpstream.push(line);
+  }
+
+  private holdClientLine(): void {
+    this.clientFramer.deferLine();
+    this.clientHeld = true;
+  }
+
+  /** True when a reply written now follows every earlier command's responses. */
+  private canReplyLocally(): boolean {
+    return this.greeted && this.inFlight.length === 0 && this.serverFramer.atMessageBoundary && this.held === null;
+  }
+
+  private onLocalCommand(head: CommandHead, literal: LiteralAnnouncement | null): void {
+    if (!this.canReplyLocally()) return this.holdClientLine();
+    const hasArguments = literal !== null || head.argsStart < head.end;
+    let reply: string;
+    if (head.name === 'GETJMAPACCESS') {
+      if (hasArguments) {
+        reply = `${head.tag} BAD GETJMAPACCESS takes no arguments\r\n`;
+      } else if (needsObjectIdProbe(this.facts(), this.config)) {
+        this.sendObjectIdProbe();
+        return this.holdClientLine();
+      } else {
+        const decision = decide(this.facts(), this.config);
+        reply = getJmapAccessReply(head.tag, decision, this.config.jmapUrlQuoted);
+        this.log.info(
+          { tag: head.tag, user: this.authentication?.user, answered: decision.grant ? 'OK' : 'BAD', reason: decision.reason },
+          'GETJMAPACCESS',
+        );
+      }
+    } else {
+      // STARTTLS and COMPRESS would change the client link, which the proxy
+      // does not terminate yet; the upstream must not see them either.
+      reply = `${head.tag} NO ${head.name} is not available through this proxy\r\n`;
+      this.log.debug({ tag: head.tag, command: head.name }, 'refused locally');
+    }
+    if (literal && !literal.synchronizing) {
+      // The client sends the rest of the command without waiting: drop it, then reply.
+      this.current = { entry: null, discard: true, replyAtEnd: reply, captureUser: false };
+      return;
+    }
+    this.toClient.push(Buffer.from(reply, 'latin1'));
+    // A refused synchronizing literal is never sent.
+    if (literal) this.clientFramer.cancelLiteral();
+  }
+
+  /** Asks the upstream for its capabilities; the client never sees the exchange. */
+  private sendObjectIdProbe(): void {
+    const tag = `jmapaccess-proxy.${++this.probeCounter}`;
+    this.inFlight.push({ tag, name: 'CAPABILITY', kind: 'probe' });
+    this.toUpstream.push(Buffer.from(`${tag} CAPABILITY\r\n`, 'latin1'));
+    this.log.debug('asking the upstream for its post-login capabilities');
+  }
+
+  private onInvalidCommand(line: Buffer, literal: LiteralAnnouncement | null): void {
+    if (line.length <= 2 && !literal && (line[0] === 0x0a || line[0] === 0x0d)) return; // stray empty line
+    if (literal) {
+      // Where its literal ends cannot be known for a line that is not a command.
+      this.close('invalid command', '* BYE [CLIENTBUG] Invalid command line\r\n');
+      return;
+    }
+    if (!this.canReplyLocally()) return this.holdClientLine();
+    if (++this.invalidCommands >= MAX_INVALID_COMMANDS) {
+      this.close('too many invalid commands', '* BYE [CLIENTBUG] Too many invalid commands\r\n');
+      return;
+    }
+    this.toClient.push(Buffer.from('* BAD [CLIENTBUG] Invalid command line: expected "tag command"\r\n', 'latin1'));
+  }
+
+  private onClientFramingError(kind: FramerError): void {
+    if (kind === 'line-too-long') {
+      this.log.warn({ limit: this.config.maxLineLength }, 'client line too long');
+      this.close('client line too long', `* BYE [LIMIT] Line longer than ${this.config.maxLineLength} bytes\r\n`);
+    } else {
+      this.log.warn('client announced an impossible literal');
+      this.close('invalid literal', '* BYE [CLIENTBUG] Invalid literal size\r\n');
+    }
+    this.flush();
+  }
+
+  // -------------------------------------------------------- upstream → client
+
+  private onServerLine(line: Buffer, first: boolean): void {
+    if (!first) return this.emit(line);
+    const response = classifyResponse(line);
+    switch (response.kind) {
+      case 'message-data':
+      case 'unparsable':
+        return this.emit(line);
+      case 'continuation':
+        if (this.awaitingGoAhead) this.awaitingGoAhead = null;
+        else if (this.clientMode === 'authenticate') this.saslChallenges++;
+        // The client must see the continuation now: nothing may stay held.
+        this.releaseHeld();
+        return this.emit(line);
+      case 'untagged': {
+        if (!this.greeted) this.greeted = true;
+        if (response.status === 'PREAUTH') this.setAuthenticated(null);
+        else if (response.status === 'BYE') this.state = 'logout';
+        const span = findCapabilities(line, response);
+        if (!span) return this.emit(line);
+        if (response.word === 'CAPABILITY' && this.probeInFlight()) {
+          this.objectId = hasCapability(capabilityAtoms(line, span), 'OBJECTID') ? 'present' : 'absent';
+          return; // the proxy's own question: hidden from the client
+        }
+        const login = this.loginInFlight();
+        if (login && this.state === 'not-authenticated' && !this.held) {
+          // Whether this list gains JMAPACCESS depends on the login's outcome.
+          this.held = { loginTag: login.tag, lines: [], bytes: 0 };
+        }
+        if (this.held) return this.emit(line);
+        return this.emit(this.rewriteCapabilityLine(line, span));
+      }
+      case 'tagged':
+        return this.onTaggedResponse(line, response.tag, response.status, response);
+    }
+  }
+
+  private onTaggedResponse(
+    line: Buffer,
+    tag: string,
+    status: 'OK' | 'NO' | 'BAD' | null,
+    response: ReturnType<typeof classifyResponse>,
+  ): void {
+    const index = this.inFlight.findIndex((entry) => entry.tag === tag);
+    if (index === -1) return this.emit(line);
+    const [entry] = this.inFlight.splice(index, 1) as [InFlight];
+
+    if (entry === this.awaitingGoAhead) {
+      // The server finished the command instead of saying `+`: the client
+      // will not send the literal it announced.
+      this.awaitingGoAhead = null;
+      this.clientFramer.cancelLiteral();
+      if (this.current?.entry === entry) this.current = null;
+    }
+
+    switch (entry.kind) {
+      case 'probe':
+        if (this.objectId === 'unknown') this.objectId = 'absent';
+        return; // hidden from the client
+      case 'login':
+      case 'authenticate':
+        if (entry === this.authenticating) {
+          this.authenticating = null;
+          this.clientMode = 'command';
+          this.saslChallenges = 0;
+        }
+        if (status === 'OK') {
+          this.setAuthenticated({ mechanism: entry.mechanism ?? 'UNKNOWN', user: entry.user });
+        }
+        break;
+      case 'idle':
+        if (this.clientMode === 'idle') this.clientMode = 'command'; // refused before DONE
+        break;
+      case 'select':
+        if (status === 'OK') this.state = 'selected';
+        else if (this.state === 'selected') this.state = 'authenticated';
+        break;
+      case 'deselect':
+        if (status === 'OK' && this.state === 'selected') this.state = 'authenticated';
+        break;
+      case 'logout':
+        this.state = 'logout';
+        break;
+      case 'plain':
+        break;
+    }
+
+    const span = findCapabilities(line, response);
+    const out = span ? this.rewriteCapabilityLine(line, span) : line;
+    if (this.held?.loginTag === tag) this.releaseHeld();
+    this.emit(out);
+    if (entry.kind === 'login' || entry.kind === 'authenticate') this.logLogin(entry, status);
+  }
+
+  private onServerLiteral(chunk: Buffer): void {
+    // Held responses are capability lines, which carry no literals; anything
+    // else arriving means the hold is over.
+    this.releaseHeld();
+    this.toClient.push(chunk);
+  }
+
+  private onServerFramingError(kind: FramerError): void {
+    this.log.warn({ kind, limit: this.config.maxLineLength }, 'upstream sent an invalid response');
+    this.close('upstream protocol error', '* BYE [UNAVAILABLE] The IMAP server sent an invalid response\r\n');
+    this.flush();
+  }
+
+  /** Writes a server line to the client, or keeps it while responses are held. */
+  private emit(line: Buffer): void {
+    const held = this.held;
+    if (held) {
+      held.lines.push(line);
+      held.bytes += line.length;
+      if (held.bytes > this.config.maxLineLength) this.releaseHeld();
+      return;
+    }
+    this.toClient.push(line);
+  }
+
+  /** Lets held responses go, each capability list rewritten for the state as it is now. */
+  private releaseHeld(): void {
+    const held = this.held;
+    if (!held) return;
+    this.held = null;
+    for (const line of held.lines) {
+      const response = classifyResponse(line);
+      const span = findCapabilities(line, response);
+      this.toClient.push(span ? this.rewriteCapabilityLine(line, span) : line);
+    }
+  }
+
+  private rewriteCapabilityLine(line: Buffer, span: CapabilitySpan): Buffer {
+    const atoms = capabilityAtoms(line, span);
+    if (this.state !== 'not-authenticated') {
+      // Only lists sent after authentication tell what the upstream offers logged in.
+      this.objectId = hasCapability(atoms, 'OBJECTID') ? 'present' : 'absent';
+    }
+    const decision = decide(this.facts(), this.config);
+    return replaceCapabilities(line, span, rewriteCapabilities(atoms, decision.grant));
+  }
+
+  // -------------------------------------------------------------------- state
+
+  private setAuthenticated(authentication: Authentication | null): void {
+    this.state = 'authenticated';
+    this.authentication = authentication;
+    this.objectId = 'unknown';
+  }
+
+  private facts(): SessionFacts {
+    return {
+      authenticated: this.state === 'authenticated' || this.state === 'selected',
+      authentication: this.authentication,
+      objectId: this.objectId,
+    };
+  }
+
+  private loginInFlight(): InFlight | undefined {
+    return this.inFlight.find((entry) => entry.kind === 'login' || entry.kind === 'authenticate');
+  }
+
+  private probeInFlight(): boolean {
+    return this.inFlight.some((entry) => entry.kind === 'probe');
+  }
+
+  private logLogin(entry: InFlight, status: string | null): void {
+    const fields: Record<string, unknown> = { tag: entry.tag, user: entry.user, mechanism: entry.mechanism, result: status };
+    if (status === 'OK') {
+      const decision: Decision = decide(this.facts(), this.config);
+      fields.jmapaccess = decision.grant ? 'granted' : needsObjectIdProbe(this.facts(), this.config) ? 'pending' : 'refused';
+      fields.reason = this.objectId === 'unknown' && decision.reason === 'no-objectid' ? 'objectid-not-yet-known' : decision.reason;
+      if (decision.grant && decision.reason === 'objectid-assumed' && this.objectId !== 'present') {
+        this.log.warn({ user: entry.user }, 'JMAPACCESS granted without OBJECTID in the upstream capabilities (--objectid assume)');
+      }
+      this.log.info(fields, 'login succeeded');
+    } else {
+      this.log.info(fields, 'login failed');
+    }
+  }
+}
