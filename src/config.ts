@@ -73,7 +73,8 @@ export function parseHostPort(text: string, what: string): HostPort {
   }
   if (!/^\d+$/.test(portText)) throw new ConfigError(`${what}: port must be a number, got "${portText}"`);
   const port = Number(portText);
-  if (port < 1 || port > 65535) throw new ConfigError(`${what}: port ${port} is out of range 1-65535`);
+  // Port 0 asks the system for a free port (useful for tests and --check-style runs).
+  if (port > 65535) throw new ConfigError(`${what}: port ${port} is out of range 0-65535`);
   return { host, port };
 }
 
@@ -95,7 +96,9 @@ export function parseUpstream(text: string): HostPort {
   }
   const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
   if (!host) throw new ConfigError('--upstream: missing host');
-  return { host, port: url.port ? Number(url.port) : 143 };
+  const port = url.port ? Number(url.port) : 143;
+  if (port < 1) throw new ConfigError('--upstream: port must be 1-65535');
+  return { host, port };
 }
 
 /**
