@@ -6,7 +6,7 @@ import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
-import { Session } from './session.js';
+import { Session, type SessionSnapshot } from './session.js';
 
 export class ProxyServer {
   private readonly config: Config;
@@ -48,6 +48,10 @@ export class ProxyServer {
 
   get connectionCount(): number {
     return this.sessions.size;
+  }
+
+  snapshot(): SessionSnapshot[] {
+    return [...this.sessions].map((session) => session.snapshot());
   }
 
   /** Stops accepting, says BYE to every client, and resolves when all are gone. */

@@ -89,6 +89,17 @@ const MAX_INVALID_COMMANDS = 10;
 const CLOSE_FLUSH_MS = 5000;
 const LOCAL_COMMANDS = new Set(['GETJMAPACCESS', 'STARTTLS', 'COMPRESS']);
 
+export interface SessionSnapshot {
+  readonly id: string;
+  readonly state: SessionState;
+  readonly user: string | undefined;
+  readonly bytesFromClient: number;
+  readonly bytesFromUpstream: number;
+  readonly queuedToClient: number;
+  readonly queuedToUpstream: number;
+  readonly heldClientBytes: number;
+}
+
 export interface SessionEvents {
   /** Called once when both sockets are gone. */
   onClose(session: Session): void;
@@ -163,6 +174,20 @@ export class Session {
 
   get sessionState(): SessionState {
     return this.state;
+  }
+
+  /** Counters for tests and operators: state, bytes moved, bytes queued for writing. */
+  snapshot(): SessionSnapshot {
+    return {
+      id: this.id,
+      state: this.state,
+      user: this.authentication?.user,
+      bytesFromClient: this.client.bytesRead,
+      bytesFromUpstream: this.upstream?.bytesRead ?? 0,
+      queuedToClient: this.client.writableLength,
+      queuedToUpstream: this.upstream?.writableLength ?? 0,
+      heldClientBytes: this.clientFramer.pendingBytes,
+    };
   }
 
   /** Connects upstream and starts relaying. */
