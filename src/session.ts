@@ -580,10 +580,18 @@ export class Session {
           this.objectId = hasCapability(capabilityAtoms(line, span), 'OBJECTID') ? 'present' : 'absent';
           return; // the proxy's own question: hidden from the client
         }
-        const login = this.loginInFlight();
-        if (login && this.state === 'not-authenticated' && !this.held) {
-          // Whether this list gains JMAPACCESS depends on the login's outcome.
-          this.held = { loginTag: login.tag, lines: [], bytes: 0 };
+        const oldest = this.inFlight[0];
+        if (
+          oldest &&
+          (oldest.kind === 'login' || oldest.kind === 'authenticate') &&
+          this.state === 'not-authenticated' &&
+          !this.held
+        ) {
+          // The login is the oldest command still running, so this list is
+          // its answer, and whether it gains JMAPACCESS depends on the
+          // login's outcome. (A list arriving while an earlier command still
+          // runs, such as a pipelined CAPABILITY, belongs to that command.)
+          this.held = { loginTag: oldest.tag, lines: [], bytes: 0 };
         }
         if (this.held) return this.emit(line);
         return this.emit(this.rewriteCapabilityLine(line, span));
@@ -711,10 +719,6 @@ export class Session {
       authentication: this.authentication,
       objectId: this.objectId,
     };
-  }
-
-  private loginInFlight(): InFlight | undefined {
-    return this.inFlight.find((entry) => entry.kind === 'login' || entry.kind === 'authenticate');
   }
 
   private probeInFlight(): boolean {

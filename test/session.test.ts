@@ -266,3 +266,31 @@ t.test('LOGIN with non-synchronizing literals: user name captured, password neve
   t.match(r.proxy.logs().find((l) => l.msg === 'login succeeded'), { user: 'alice', mechanism: 'LOGIN' });
   t.notOk(r.proxy.rawLog().includes('Pa55word'), 'password not in the log');
 });
+
+t.test('CAPABILITY pipelined before LOGIN: its (pre-login) answer never gains JMAPACCESS', async (t) => {
+  const r = await rig(t);
+  r.client.send('a CAPABILITY\r\nb LOGIN alice secret\r\n');
+  t.equal(await r.server.line(), 'a CAPABILITY');
+  t.equal(await r.server.line(), 'b LOGIN alice secret');
+  // Cyrus answers a pre-login CAPABILITY with its full list, OBJECTID included.
+  r.server.send(`* CAPABILITY ${POST} AUTH=PLAIN\r\na OK done\r\n* CAPABILITY ${POST}\r\nb OK Logged in\r\n`);
+  t.equal(
+    await r.client.response('b'),
+    '* CAPABILITY IMAP4rev1 LITERAL+ IDLE OBJECTID AUTH=PLAIN\r\na OK done\r\n' +
+      '* CAPABILITY IMAP4rev1 LITERAL+ IDLE OBJECTID JMAPACCESS\r\nb OK Logged in\r\n',
+  );
+});
+
+t.test('Cyrus shape: OBJECTID in a pre-login CAPABILITY does not count for the post-login decision', async (t) => {
+  const r = await rig(t);
+  r.client.send('a CAPABILITY\r\n');
+  await r.server.line();
+  r.server.send(`* CAPABILITY ${POST}\r\na OK done\r\n`);
+  t.notMatch(await r.client.response('a'), /JMAPACCESS/);
+  t.equal(await login(r, 'b OK Logged in\r\n', 'b'), 'b OK Logged in\r\n');
+  r.client.send('c GETJMAPACCESS\r\n');
+  const probe = await r.server.line();
+  t.match(probe, /CAPABILITY$/, 'the proxy asks again after login instead of trusting the pre-login list');
+  r.server.send(`* CAPABILITY IMAP4rev1\r\n${probe.split(' ')[0]} OK done\r\n`);
+  t.match(await r.client.response('c'), /^c BAD/);
+});
