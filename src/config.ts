@@ -120,11 +120,17 @@ export function validateJmapUrl(text: string, allowInsecure: boolean): { url: st
   if (url.username || url.password) throw new ConfigError('--jmap-url: must not contain credentials');
   if (url.hash) throw new ConfigError('--jmap-url: must not contain a #fragment');
   // The URL is sent as given (operators expect their exact string back), so
-  // the given text itself must be quotable, not only its normalised form.
-  const quoted = quoteImapString(text);
-  if (quoted === null) {
-    throw new ConfigError('--jmap-url: contains characters an IMAP quoted string cannot carry (CR, LF, NUL or non-ASCII)');
+  // the given text itself must be a plain RFC 3986 URI, not merely something
+  // the WHATWG parser repairs: a client's parser could read a backslash,
+  // a space or a control character differently from ours.
+  const bad = /[^A-Za-z0-9\-._~:/?#[\]@!$&'()*+,;=%]/.exec(text);
+  if (bad) {
+    const shown = JSON.stringify(bad[0]);
+    throw new ConfigError(`--jmap-url: ${shown} is not allowed in a URL (RFC 3986); percent-encode it`);
   }
+  if (/%(?![0-9A-Fa-f]{2})/.test(text)) throw new ConfigError('--jmap-url: "%" must start a %XX escape');
+  const quoted = quoteImapString(text);
+  if (quoted === null) throw new ConfigError('--jmap-url: cannot be written as an IMAP quoted string');
   return { url: text, quoted };
 }
 

@@ -19,7 +19,6 @@ export class ProxyServer {
     this.config = config;
     this.log = log;
     this.server = net.createServer({ noDelay: true }, (socket) => this.onConnection(socket));
-    this.server.on('error', (err) => this.log.error({ err: err.message }, 'listener error'));
   }
 
   /** Resolves once listening; rejects if the address cannot be bound. */
@@ -30,6 +29,7 @@ export class ProxyServer {
       this.server.once('error', onError);
       this.server.listen({ host, port, backlog: 1024 }, () => {
         this.server.off('error', onError);
+        this.server.on('error', (err) => this.log.error({ err: err.message }, 'listener error'));
         const address = this.server.address() as AddressInfo;
         this.log.info(
           {

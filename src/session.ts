@@ -315,6 +315,10 @@ export class Session {
     this.closeReason = reason;
     this.clientFramer.stop();
     this.serverFramer.stop();
+    // Reading may have been paused (held input, backpressure): resume so the
+    // peers' FINs are seen and the sockets close now, not at the timeout.
+    this.client.resume();
+    this.upstream?.resume();
     if (bye && this.serverFramer.atMessageBoundary && !this.held) this.toClient.push(Buffer.from(bye, 'latin1'));
     if (!this.client.destroyed) {
       this.toClient.flushTo(this.client);
@@ -645,7 +649,7 @@ export class Session {
         if (status === 'OK' && this.state === 'selected') this.state = 'authenticated';
         break;
       case 'logout':
-        this.state = 'logout';
+        if (status === 'OK') this.state = 'logout';
         break;
       case 'plain':
         break;

@@ -1,0 +1,233 @@
+/**
+ * The built command-line program, run as a real process: flags, environment
+ * fallbacks, exit statuses, and a start/stop cycle against the SCRIPTED FAKE
+ * SERVER in test/harness/scripted-upstream.ts.
+ */
+
+import t from 'tap';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { RawClient } from './harness/raw-client.js';
+import { startScriptedUpstream } from './harness/scripted-upstream.js';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
+const JMAP = 'https://jmap.example.test/.well-known/jmap';
+const PKG = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+
+/** A clean environment: no JMAPACCESS_PROXY_* from the caller, no test-runner loaders. */
+function env(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const base: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
+  if (process.env.HOME) base.HOME = process.env.HOME;
+  return { ...base, ...extra };
+}
+
+interface Result {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the CLI to completion (it must exit by itself within `timeoutMs`). */
+function run(args: string[], extraEnv: Record<string, string> = {}, timeoutMs = 10_000): Promise<Result> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, env: env(extraEnv), stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`CLI did not exit within ${timeoutMs} ms; stdout ${JSON.stringify(stdout)} stderr ${JSON.stringify(stderr)}`));
+    }, timeoutMs);
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+}
+
+/** A port nothing listens on right now. */
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/** Parsed JSON log lines. */
+function logLines(stdout: string): Array<Record<string, unknown>> {
+  return stdout
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+t.before(() => {
+  const build = spawnSync(process.execPath, [fileURLToPath(new URL('../node_modules/typescript/bin/tsc', import.meta.url)), '-p', 'tsconfig.build.json'], {
+    cwd: ROOT,
+    encoding: 'utf8',
+    env: env(),
+  });
+  if (build.status !== 0) throw new Error(`build failed: ${build.stdout}${build.stderr}`);
+});
+
+const REQUIRED = ['--upstream', 'imap://127.0.0.1:143', '--jmap-url', JMAP];
+
+t.test('--help lists every flag and exits 0', async (t) => {
+  const r = await run(['--help']);
+  t.equal(r.code, 0);
+  t.equal(r.stderr, '');
+  for (const flag of [
+    '--listen',
+    '--upstream',
+    '--jmap-url',
+    '--jmap-mechanisms',
+    '--objectid',
+    '--allow-insecure-jmap-url',
+    '--max-line-length',
+    '--upstream-connect-timeout',
+    '--log-level',
+    '--version',
+    '--help',
+  ]) {
+    t.match(r.stdout, new RegExp(`(^|\\s)${flag}\\s`), flag);
+  }
+  t.match(r.stdout, /RFC 9698/);
+  const short = await run(['-h']);
+  t.equal(short.code, 0);
+  t.equal(short.stdout, r.stdout, '-h is --help');
+});
+
+t.test('--version prints the package version', async (t) => {
+  const r = await run(['--version']);
+  t.equal(r.code, 0);
+  t.equal(r.stdout.trim(), PKG.version);
+  t.equal(r.stderr, '');
+});
+
+t.test('usage errors: exit status 2 and a message naming the problem', async (t) => {
+  const cases: Array<{ name: string; args: string[]; env?: Record<string, string>; stderr: RegExp }> = [
+    { name: 'missing --upstream', args: ['--jmap-url', JMAP], stderr: /--upstream is required/ },
+    { name: 'missing --jmap-url', args: ['--upstream', 'imap://127.0.0.1:143'], stderr: /--jmap-url is required/ },
+    {
+      name: 'http JMAP URL without the override',
+      args: ['--upstream', 'imap://127.0.0.1:143', '--jmap-url', 'http://jmap.example.test/jmap'],
+      stderr: /--jmap-url: must be an https:\/\/ URL, got "http:\/\/" \(use --allow-insecure-jmap-url/,
+    },
+    {
+      name: 'a JMAP URL with a raw newline, from the environment',
+      args: ['--upstream', 'imap://127.0.0.1:143'],
+      env: { JMAPACCESS_PROXY_JMAP_URL: 'https://jmap.example.test/a\nb' },
+      stderr: /--jmap-url: "\\n" is not allowed in a URL/,
+    },
+    { name: 'unknown flag', args: [...REQUIRED, '--bogus-flag'], stderr: /Unknown arguments?: bogus-flag/ },
+    { name: '--objectid maybe', args: [...REQUIRED, '--objectid', 'maybe'], stderr: /objectid.*maybe/s },
+    { name: '--max-line-length 10', args: [...REQUIRED, '--max-line-length', '10'], stderr: /--max-line-length: must be an integer from 1024/ },
+    { name: '--max-line-length junk', args: [...REQUIRED, '--max-line-length', 'lots'], stderr: /--max-line-length/ },
+    { name: '--log-level loud', args: [...REQUIRED, '--log-level', 'loud'], stderr: /log-level.*loud/s },
+    { name: 'imaps upstream', args: ['--upstream', 'imaps://127.0.0.1:993', '--jmap-url', JMAP], stderr: /imaps:\/\/ .*not supported/ },
+    { name: 'bad --listen', args: [...REQUIRED, '--listen', 'nowhere'], stderr: /--listen: expected HOST:PORT/ },
+    { name: 'bad --upstream-connect-timeout', args: [...REQUIRED, '--upstream-connect-timeout', 'soon'], stderr: /--upstream-connect-timeout/ },
+    { name: 'bad --jmap-mechanisms', args: [...REQUIRED, '--jmap-mechanisms', 'PLAIN,A B'], stderr: /--jmap-mechanisms: "A B"/ },
+  ];
+  await Promise.all(
+    cases.map(async (c) => {
+      const r = await run(c.args, c.env);
+      t.equal(r.code, 2, `${c.name}: exit status`);
+      t.match(r.stderr, /^jmapaccess-proxy: /, `${c.name}: stderr names the program`);
+      t.match(r.stderr, c.stderr, `${c.name}: stderr explains`);
+      t.match(r.stderr, /Try --help/, `${c.name}: stderr points at --help`);
+      t.equal(r.stdout, '', `${c.name}: nothing on stdout`);
+    }),
+  );
+});
+
+t.test('an address already in use: exit status 1 and a fatal log line', async (t) => {
+  const blocker = net.createServer();
+  await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => blocker.close(() => resolve())));
+  const { port } = blocker.address() as AddressInfo;
+  const r = await run([...REQUIRED, '--listen', `127.0.0.1:${port}`]);
+  t.equal(r.code, 1);
+  t.ok(
+    logLines(r.stdout).some((l) => l.level === 60 && l.msg === 'cannot listen' && /EADDRINUSE/.test(String(l.err))),
+    'a fatal "cannot listen" line with the reason',
+  );
+});
+
+t.test('environment fallbacks, a real connection, and SIGTERM', async (t) => {
+  const upstream = await startScriptedUpstream();
+  const port = await freePort();
+  let child: ChildProcess | null = spawn(process.execPath, [CLI], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: env({
+      JMAPACCESS_PROXY_UPSTREAM: `imap://127.0.0.1:${upstream.port}`,
+      JMAPACCESS_PROXY_JMAP_URL: JMAP,
+      JMAPACCESS_PROXY_LISTEN: `127.0.0.1:${port}`,
+      JMAPACCESS_PROXY_JMAP_MECHANISMS: 'plain',
+    }),
+  });
+  let client: RawClient | null = null;
+  t.teardown(async () => {
+    client?.close();
+    child?.kill('SIGKILL');
+    await upstream.close();
+  });
+
+  let stdout = '';
+  let stderr = '';
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child?.on('close', (code, signal) => resolve({ code, signal })),
+  );
+  const listening = new Promise<Record<string, unknown>>((resolve, reject) => {
+    child?.stdout?.on('data', (c: Buffer) => {
+      stdout += c.toString('utf8');
+      const line = logLines(stdout.slice(0, stdout.lastIndexOf('\n') + 1)).find((l) => l.msg === 'listening');
+      if (line) resolve(line);
+    });
+    child?.stderr?.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+    void exited.then((e) => reject(new Error(`exited before listening: ${JSON.stringify(e)} ${stdout} ${stderr}`)));
+    setTimeout(() => reject(new Error(`not listening after 10 s: ${stdout} ${stderr}`)), 10_000).unref();
+  });
+
+  const line = await listening;
+  t.match(line, {
+    level: 30,
+    name: 'jmapaccess-proxy',
+    listen: `127.0.0.1:${port}`,
+    upstream: `127.0.0.1:${upstream.port}`,
+    jmapUrl: JMAP,
+    jmapMechanisms: ['PLAIN'],
+    objectid: 'require',
+  });
+
+  client = await RawClient.connect(port);
+  const server = await upstream.accept();
+  server.send('* OK [CAPABILITY IMAP4rev1 STARTTLS COMPRESS=DEFLATE JMAPACCESS AUTH=PLAIN] fake ready\r\n');
+  t.equal(await client.readUntil('\n'), '* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] fake ready\r\n', 'greeting rewritten');
+  client.send('a GETJMAPACCESS\r\n');
+  t.equal(await client.response('a'), 'a BAD GETJMAPACCESS is valid only after authentication\r\n');
+
+  const started = Date.now();
+  child.kill('SIGTERM');
+  const exit = await Promise.race([
+    exited,
+    new Promise<never>((_, reject) => setTimeout(() => reject(new Error('no exit within 4 s of SIGTERM')), 4000).unref()),
+  ]);
+  t.same(exit, { code: 0, signal: null }, 'exit status 0');
+  t.ok(Date.now() - started < 4000, 'promptly');
+  child = null;
+  t.match(await client.readUntil('* BYE'), /\* BYE \[UNAVAILABLE\] Server shutting down/, 'the client is told');
+  await client.waitClosed(2000);
+  t.equal(stderr, '', 'nothing on stderr');
+  const logs = logLines(stdout);
+  t.ok(logs.some((l) => l.msg === 'stopping' && l.signal === 'SIGTERM'), 'stopping is logged');
+});

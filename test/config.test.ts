@@ -1,0 +1,283 @@
+/**
+ * Configuration validation: every flag value the CLI (or a test) hands in
+ * goes through these functions, so a bad value is refused at start-up with a
+ * message naming the flag, never discovered while a client is connected.
+ */
+
+import t from 'tap';
+import {
+  ConfigError,
+  DEFAULT_MAX_LINE_LENGTH,
+  DEFAULT_MECHANISMS,
+  parseDuration,
+  parseHostPort,
+  parseUpstream,
+  validateConfig,
+  validateJmapUrl,
+  type RawConfig,
+} from '../src/config.js';
+
+const JMAP = 'https://jmap.example.test/.well-known/jmap';
+
+/** A minimal valid raw configuration, with overrides. */
+function raw(overrides: Partial<RawConfig> = {}): RawConfig {
+  return { listen: '127.0.0.1:1143', upstream: 'imap://127.0.0.1:143', jmapUrl: JMAP, ...overrides };
+}
+
+t.test('parseHostPort: accepted forms', async (t) => {
+  t.same(parseHostPort('127.0.0.1:1143', '--listen'), { host: '127.0.0.1', port: 1143 });
+  t.same(parseHostPort('localhost:993', '--listen'), { host: 'localhost', port: 993 });
+  t.same(parseHostPort('[::1]:143', '--listen'), { host: '::1', port: 143 });
+  t.same(parseHostPort('[fe80::1%eth0]:143', '--listen'), { host: 'fe80::1%eth0', port: 143 });
+  t.same(parseHostPort(':1143', '--listen'), { host: '0.0.0.0', port: 1143 }, ':PORT means all interfaces');
+  t.same(parseHostPort('1143', '--listen'), { host: '0.0.0.0', port: 1143 }, 'PORT alone means all interfaces');
+  t.same(parseHostPort('  127.0.0.1:1143 \n', '--listen'), { host: '127.0.0.1', port: 1143 }, 'surrounding space is ignored');
+  t.same(parseHostPort('127.0.0.1:0', '--listen'), { host: '127.0.0.1', port: 0 }, 'port 0 asks for a free port');
+  t.same(parseHostPort('127.0.0.1:65535', '--listen'), { host: '127.0.0.1', port: 65535 });
+});
+
+t.test('parseHostPort: refusals name the flag', async (t) => {
+  const cases: Array<[string, RegExp]> = [
+    ['localhost', /^--listen: expected HOST:PORT, got "localhost"$/],
+    ['', /^--listen: expected HOST:PORT/],
+    ['::1:143', /^--listen: write IPv6 addresses in brackets, as \[::1\]:143$/],
+    ['127.0.0.1:', /^--listen: port must be a number, got ""$/],
+    ['127.0.0.1:http', /^--listen: port must be a number, got "http"$/],
+    ['127.0.0.1:-1', /^--listen: port must be a number, got "-1"$/],
+    ['127.0.0.1:65536', /^--listen: port 65536 is out of range 0-65535$/],
+    ['[::1]:99999', /^--listen: port 99999 is out of range 0-65535$/],
+  ];
+  for (const [input, message] of cases) {
+    t.throws(() => parseHostPort(input, '--listen'), { name: 'ConfigError', message }, JSON.stringify(input));
+  }
+  t.throws(() => parseHostPort('x', '--other'), ConfigError, 'errors are ConfigError instances');
+});
+
+t.test('parseUpstream: imap://HOST:PORT', async (t) => {
+  t.same(parseUpstream('imap://127.0.0.1:1430'), { host: '127.0.0.1', port: 1430 });
+  t.same(parseUpstream('imap://mail.example.test'), { host: 'mail.example.test', port: 143 }, 'port defaults to 143');
+  t.same(parseUpstream('imap://mail.example.test/'), { host: 'mail.example.test', port: 143 }, 'a bare trailing slash is fine');
+  t.same(parseUpstream('imap://[::1]:143'), { host: '::1', port: 143 }, 'IPv6 brackets are removed');
+  t.same(parseUpstream('IMAP://mail.example.test:10143'), { host: 'mail.example.test', port: 10143 }, 'the scheme is case-insensitive');
+});
+
+t.test('parseUpstream: refusals', async (t) => {
+  const cases: Array<[string, RegExp]> = [
+    ['imaps://mail.example.test:993', /^--upstream: imaps:\/\/ \(TLS to the upstream\) is not supported yet/],
+    ['mail.example.test:143', /^--upstream: scheme must be imap:\/\/, got "mail.example.test:\/\/"$/],
+    ['127.0.0.1:143', /^--upstream: "127.0.0.1:143" is not a URL; expected imap:\/\/HOST:PORT$/],
+    ['http://mail.example.test', /^--upstream: scheme must be imap:\/\/, got "http:\/\/"$/],
+    ['imap://user:pw@mail.example.test', /^--upstream: must not contain credentials$/],
+    ['imap://user@mail.example.test', /^--upstream: must not contain credentials$/],
+    ['imap://mail.example.test/INBOX', /^--upstream: expected imap:\/\/HOST:PORT with nothing after the port/],
+    ['imap://mail.example.test?x=1', /^--upstream: expected imap:\/\/HOST:PORT with nothing after the port/],
+    ['imap://mail.example.test#f', /^--upstream: expected imap:\/\/HOST:PORT with nothing after the port/],
+    ['imap://mail.example.test:0', /^--upstream: port must be 1-65535$/],
+    ['imap://mail.example.test:70000', /not a URL/],
+    ['imap:///', /^--upstream: missing host$/],
+    ['', /not a URL/],
+  ];
+  for (const [input, message] of cases) {
+    t.throws(() => parseUpstream(input), { name: 'ConfigError', message }, JSON.stringify(input));
+  }
+});
+
+t.test('validateJmapUrl: https accepted, quoted as given', async (t) => {
+  t.same(validateJmapUrl(JMAP, false), { url: JMAP, quoted: `"${JMAP}"` });
+  const unnormalised = 'HTTPS://JMAP.Example.Test:443/jmap/session?x=1';
+  t.same(
+    validateJmapUrl(unnormalised, false),
+    { url: unnormalised, quoted: `"${unnormalised}"` },
+    'the text is kept as given, not normalised',
+  );
+  const encodedQuote = 'https://jmap.example.test/a%22b%5Cc';
+  t.same(
+    validateJmapUrl(encodedQuote, false),
+    { url: encodedQuote, quoted: `"${encodedQuote}"` },
+    'a percent-encoded quote or backslash needs no escaping',
+  );
+});
+
+t.test('validateJmapUrl: http only with allowInsecureJmapUrl', async (t) => {
+  t.throws(() => validateJmapUrl('http://jmap.example.test/jmap', false), {
+    name: 'ConfigError',
+    message: '--jmap-url: must be an https:// URL, got "http://" (use --allow-insecure-jmap-url for a lab or test setup)',
+  });
+  t.same(validateJmapUrl('http://jmap.example.test/jmap', true), {
+    url: 'http://jmap.example.test/jmap',
+    quoted: '"http://jmap.example.test/jmap"',
+  });
+  for (const allow of [false, true]) {
+    t.throws(
+      () => validateJmapUrl('ftp://jmap.example.test/jmap', allow),
+      { name: 'ConfigError', message: '--jmap-url: must be an https:// URL, got "ftp://"' },
+      `other schemes are refused (allowInsecure ${allow}), without the http hint`,
+    );
+  }
+});
+
+t.test('validateJmapUrl: relative URLs, credentials and fragments are refused', async (t) => {
+  for (const relative of ['/.well-known/jmap', 'jmap.example.test/jmap', '//jmap.example.test/jmap', '']) {
+    t.throws(
+      () => validateJmapUrl(relative, false),
+      { name: 'ConfigError', message: `--jmap-url: "${relative}" is not an absolute URL` },
+      JSON.stringify(relative),
+    );
+  }
+  for (const withCredentials of ['https://user:pw@jmap.example.test/', 'https://user@jmap.example.test/', 'https://:pw@jmap.example.test/']) {
+    t.throws(
+      () => validateJmapUrl(withCredentials, false),
+      { name: 'ConfigError', message: '--jmap-url: must not contain credentials' },
+      withCredentials,
+    );
+  }
+  t.throws(() => validateJmapUrl('https://jmap.example.test/jmap#x', false), {
+    name: 'ConfigError',
+    message: '--jmap-url: must not contain a #fragment',
+  });
+});
+
+t.test('validateJmapUrl: CR, LF, NUL and non-ASCII cannot be quoted and are refused', async (t) => {
+  const message = /^--jmap-url: "(\\n|\\r|\\u0000|[^"]+)" is not allowed in a URL \(RFC 3986\); percent-encode it$/;
+  // The WHATWG parser silently drops CR and LF, so these are only caught
+  // because the text as given is what gets quoted.
+  for (const bad of [
+    'https://jmap.example.test/a\nb',
+    'https://jmap.example.test/a\rb',
+    'https://jmap.example.test/jmap\r\n',
+    'https://jmap.example.test/a\x00b',
+    'https://jmap.example.test/caf\u00e9',
+    'https://jm\u00e4p.example.test/jmap',
+    'https://jmap.example.test/\u{1F4E7}',
+  ]) {
+    t.throws(() => validateJmapUrl(bad, false), { name: 'ConfigError', message }, JSON.stringify(bad));
+  }
+});
+
+t.test('validateJmapUrl: characters not allowed in a URI (RFC 3986) are refused, not sent as given', async (t) => {
+  // The URL is sent to clients exactly as given, but checked only in its
+  // WHATWG-normalised form, which percent-encodes `"`, turns `\` into `/`,
+  // and drops tabs. A client would receive a string that is not a URI, or
+  // (for `\`) one it may read with a different host or path than checked.
+  for (const bad of [
+    'https://jmap.example.test/a"b',
+    'https://jmap.example.test/a\\b',
+    'https://jmap.example.test\\@evil.example/',
+    'https://jmap.example.test/a b',
+    ' https://jmap.example.test/jmap',
+    'https://jmap.example.test/a\tb',
+    'https://jmap.example.test/a\x01b',
+  ]) {
+    t.throws(() => validateJmapUrl(bad, false), { name: 'ConfigError', message: /^--jmap-url: / }, JSON.stringify(bad));
+  }
+});
+
+t.test('parseDuration: units and plain seconds', async (t) => {
+  t.equal(parseDuration('500ms', 'd'), 500);
+  t.equal(parseDuration('30s', 'd'), 30_000);
+  t.equal(parseDuration('31m', 'd'), 1_860_000);
+  t.equal(parseDuration('2h', 'd'), 7_200_000);
+  t.equal(parseDuration('1.5', 'd'), 1500, 'plain numbers are seconds');
+  t.equal(parseDuration('10', 'd'), 10_000);
+  t.equal(parseDuration('0.25s', 'd'), 250);
+  t.equal(parseDuration(' 30 s ', 'd'), 30_000, 'spaces around and before the unit are allowed');
+  t.equal(parseDuration('0', 'd'), 0);
+  t.equal(parseDuration(2.5, 'd'), 2500, 'a number is seconds');
+  t.equal(parseDuration(0, 'd'), 0);
+  t.equal(parseDuration('1.0004', 'd'), 1000, 'rounded to whole milliseconds');
+});
+
+t.test('parseDuration: junk is refused with the flag name', async (t) => {
+  for (const junk of ['', 'abc', '5x', '5 minutes', '-1', '-1s', '.5', '1.', '1e3', 'ms', '10ms5', '1,5', '30S', 'Infinity', 'NaN']) {
+    t.throws(
+      () => parseDuration(junk, '--upstream-connect-timeout'),
+      {
+        name: 'ConfigError',
+        message: `--upstream-connect-timeout: expected seconds or a duration such as 500ms, 30s, 31m; got "${junk}"`,
+      },
+      JSON.stringify(junk),
+    );
+  }
+  for (const junk of [-1, Number.NaN, Number.POSITIVE_INFINITY]) {
+    t.throws(
+      () => parseDuration(junk, '--upstream-connect-timeout'),
+      { name: 'ConfigError', message: '--upstream-connect-timeout: must be a non-negative number of seconds' },
+      String(junk),
+    );
+  }
+});
+
+t.test('validateConfig: defaults', async (t) => {
+  const config = validateConfig(raw());
+  t.same(config.listen, { host: '127.0.0.1', port: 1143 });
+  t.same(config.upstream, { host: '127.0.0.1', port: 143 });
+  t.equal(config.jmapUrl, JMAP);
+  t.equal(config.jmapUrlQuoted, `"${JMAP}"`);
+  t.same([...config.jmapMechanisms].sort(), [...DEFAULT_MECHANISMS].sort());
+  t.equal(config.objectId, 'require');
+  t.equal(config.allowInsecureJmapUrl, false);
+  t.equal(config.maxLineLength, DEFAULT_MAX_LINE_LENGTH);
+  t.equal(config.maxLineLength, 65536);
+  t.equal(config.upstreamConnectTimeoutMs, 10_000);
+  t.equal(config.logLevel, 'info');
+});
+
+t.test('validateConfig: every field given', async (t) => {
+  const config = validateConfig(
+    raw({
+      listen: '[::1]:0',
+      upstream: 'imap://[::1]:10143',
+      jmapUrl: 'http://127.0.0.1:8080/jmap',
+      allowInsecureJmapUrl: true,
+      jmapMechanisms: ' plain , xoauth2,,',
+      objectId: 'assume',
+      maxLineLength: 1024,
+      upstreamConnectTimeout: '500ms',
+      logLevel: 'silent',
+    }),
+  );
+  t.same(config.listen, { host: '::1', port: 0 });
+  t.same(config.upstream, { host: '::1', port: 10143 });
+  t.equal(config.jmapUrlQuoted, '"http://127.0.0.1:8080/jmap"');
+  t.same([...config.jmapMechanisms], ['PLAIN', 'XOAUTH2'], 'mechanisms are trimmed, upper-cased, empty items skipped');
+  t.equal(config.objectId, 'assume');
+  t.equal(config.allowInsecureJmapUrl, true);
+  t.equal(config.maxLineLength, 1024);
+  t.equal(config.upstreamConnectTimeoutMs, 500);
+  t.equal(config.logLevel, 'silent');
+
+  const fromArray = validateConfig(raw({ jmapMechanisms: ['login', 'OAUTHBEARER,plain', 'login'] }));
+  t.same([...fromArray.jmapMechanisms], ['LOGIN', 'OAUTHBEARER', 'PLAIN'], 'repeated flags are merged, duplicates removed');
+  t.equal(validateConfig(raw({ upstreamConnectTimeout: 3 })).upstreamConnectTimeoutMs, 3000);
+  t.equal(validateConfig(raw({ maxLineLength: 16 * 1024 * 1024 })).maxLineLength, 16 * 1024 * 1024);
+  t.same([...validateConfig(raw({ jmapMechanisms: 'SCRAM-SHA-256,X_Y' })).jmapMechanisms], ['SCRAM-SHA-256', 'X_Y']);
+});
+
+t.test('validateConfig: refusals', async (t) => {
+  const cases: Array<[string, Partial<RawConfig>, string | RegExp]> = [
+    ['missing upstream', { upstream: '' }, '--upstream is required (imap://HOST:PORT)'],
+    ['missing jmap url', { jmapUrl: '' }, '--jmap-url is required (the JMAP session resource URL)'],
+    ['bad objectid', { objectId: 'maybe' }, '--objectid: must be "require" or "assume", got "maybe"'],
+    ['objectid is case-sensitive', { objectId: 'REQUIRE' }, '--objectid: must be "require" or "assume", got "REQUIRE"'],
+    ['max-line-length too small', { maxLineLength: 1023 }, '--max-line-length: must be an integer from 1024 to 16777216'],
+    ['max-line-length 10', { maxLineLength: 10 }, '--max-line-length: must be an integer from 1024 to 16777216'],
+    ['max-line-length too large', { maxLineLength: 16 * 1024 * 1024 + 1 }, /^--max-line-length: must be an integer/],
+    ['max-line-length not an integer', { maxLineLength: 2048.5 }, /^--max-line-length: must be an integer/],
+    ['max-line-length NaN', { maxLineLength: Number.NaN }, /^--max-line-length: must be an integer/],
+    ['bad log level', { logLevel: 'verbose' }, '--log-level: must be one of fatal, error, warn, info, debug, trace, silent'],
+    ['mechanism with a space', { jmapMechanisms: 'PLAIN,SCRAM SHA' }, '--jmap-mechanisms: "SCRAM SHA" is not a SASL mechanism name'],
+    ['mechanism too long', { jmapMechanisms: 'A'.repeat(21) }, `--jmap-mechanisms: "${'A'.repeat(21)}" is not a SASL mechanism name`],
+    ['mechanism with punctuation', { jmapMechanisms: ['PLAIN', 'X=Y'] }, '--jmap-mechanisms: "X=Y" is not a SASL mechanism name'],
+    ['mechanism non-ASCII', { jmapMechanisms: 'PL\u00c4IN' }, /^--jmap-mechanisms: "PL\u00c4IN" is not a SASL mechanism name$/],
+    ['imaps upstream', { upstream: 'imaps://mail.example.test' }, /^--upstream: imaps:\/\/ .* is not supported yet/],
+    ['http jmap url', { jmapUrl: 'http://jmap.example.test/' }, /use --allow-insecure-jmap-url/],
+    ['relative jmap url', { jmapUrl: '/jmap' }, '--jmap-url: "/jmap" is not an absolute URL'],
+    ['zero connect timeout', { upstreamConnectTimeout: '0' }, '--upstream-connect-timeout: must be above zero'],
+    ['sub-millisecond connect timeout', { upstreamConnectTimeout: '0.0004' }, '--upstream-connect-timeout: must be above zero'],
+    ['junk connect timeout', { upstreamConnectTimeout: 'soon' }, /^--upstream-connect-timeout: expected seconds/],
+    ['bad listen', { listen: 'nowhere' }, '--listen: expected HOST:PORT, got "nowhere"'],
+  ];
+  for (const [name, overrides, message] of cases) {
+    t.throws(() => validateConfig(raw(overrides)), { name: 'ConfigError', message }, name);
+  }
+});
