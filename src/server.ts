@@ -18,7 +18,7 @@ export class ProxyServer {
   constructor(config: Config, log: Logger) {
     this.config = config;
     this.log = log;
-    this.server = net.createServer({ noDelay: true }, (socket) => this.onConnection(socket));
+    this.server = net.createServer({ noDelay: true, allowHalfOpen: true }, (socket) => this.onConnection(socket));
   }
 
   /** Resolves once listening; rejects if the address cannot be bound. */

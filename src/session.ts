@@ -123,6 +123,8 @@ export class Session {
   private authentication: Authentication | null = null;
   private objectId: ObjectIdKnowledge = 'unknown';
   private greeted = false;
+  /** True until the greeting's capability list (or the first tagged response) went by. */
+  private greetingPhase = true;
 
   private readonly inFlight: InFlight[] = [];
   private current: CurrentCommand | null = null;
@@ -140,6 +142,8 @@ export class Session {
 
   /** Client input is held until a local reply can be written or an AUTHENTICATE ends. */
   private clientHeld = false;
+  private clientEnded = false;
+  private upstreamEnded = false;
   private closing = false;
   private closed = false;
   private closeReason = 'client closed';
@@ -242,6 +246,7 @@ export class Session {
       this.clientFramer.resume();
     }
     this.flush();
+    this.passClientEnd();
   }
 
   private flush(): void {
@@ -265,8 +270,24 @@ export class Session {
     if (readUpstream === upstream.isPaused()) readUpstream ? upstream.resume() : upstream.pause();
   }
 
+  /**
+   * The client half-closed. Commands it sent before may still be running
+   * (`printf '... LOGOUT' | nc` is a legitimate client), so the FIN is passed
+   * on once every byte before it has gone upstream, and the answers keep
+   * flowing until the upstream closes.
+   */
   private onClientEnd(): void {
-    this.close('client closed');
+    this.clientEnded = true;
+    this.passClientEnd();
+  }
+
+  private passClientEnd(): void {
+    const upstream = this.upstream;
+    if (!this.clientEnded || this.upstreamEnded || this.closing || !upstream) return;
+    if (this.clientFramer.isPaused) return; // held input still has to go first
+    this.upstreamEnded = true;
+    this.toUpstream.flushTo(upstream);
+    upstream.end();
   }
 
   private onUpstreamEnd(): void {
@@ -300,9 +321,12 @@ export class Session {
     // Upstream errors are followed by 'close', which says BYE to the client.
   }
 
-  /** `* BYE` for the client unless the upstream already said BYE. */
+  /**
+   * `* BYE` for the client unless the upstream already said BYE, or the
+   * upstream only closed because the client half-closed first.
+   */
   private byeIfUnannounced(text: string): string | undefined {
-    return this.state === 'logout' ? undefined : `* BYE [UNAVAILABLE] ${text}\r\n`;
+    return this.state === 'logout' || this.clientEnded ? undefined : `* BYE [UNAVAILABLE] ${text}\r\n`;
   }
 
   /**
@@ -575,10 +599,17 @@ export class Session {
         this.releaseHeld();
         return this.emit(line);
       case 'untagged': {
-        if (!this.greeted) this.greeted = true;
+        if (response.status !== null) this.greeted = true;
         if (response.status === 'PREAUTH') this.setAuthenticated(null);
         else if (response.status === 'BYE') this.state = 'logout';
         const span = findCapabilities(line, response);
+        // The greeting is never a login's answer, even when the client
+        // pipelined LOGIN before it arrived. It is the first status response
+        // with a capability list (Dovecot may send a plain "* OK Waiting for
+        // authentication process" first), or anything up to the first tagged
+        // response when the greeting carries no list.
+        const greeting = this.greetingPhase;
+        if (greeting && response.status !== null && (span || response.status !== 'OK')) this.greetingPhase = false;
         if (!span) return this.emit(line);
         if (response.word === 'CAPABILITY' && this.probeInFlight()) {
           this.objectId = hasCapability(capabilityAtoms(line, span), 'OBJECTID') ? 'present' : 'absent';
@@ -586,6 +617,7 @@ export class Session {
         }
         const oldest = this.inFlight[0];
         if (
+          !greeting &&
           oldest &&
           (oldest.kind === 'login' || oldest.kind === 'authenticate') &&
           this.state === 'not-authenticated' &&
@@ -611,6 +643,7 @@ export class Session {
     status: 'OK' | 'NO' | 'BAD' | null,
     response: ReturnType<typeof classifyResponse>,
   ): void {
+    this.greetingPhase = false;
     const index = this.inFlight.findIndex((entry) => entry.tag === tag);
     if (index === -1) return this.emit(line);
     const [entry] = this.inFlight.splice(index, 1) as [InFlight];

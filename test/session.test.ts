@@ -294,3 +294,25 @@ t.test('Cyrus shape: OBJECTID in a pre-login CAPABILITY does not count for the p
   r.server.send(`* CAPABILITY IMAP4rev1\r\n${probe.split(' ')[0]} OK done\r\n`);
   t.match(await r.client.response('c'), /^c BAD/);
 });
+
+t.test('a line before the greeting, and LOGIN pipelined before both: the greeting is not held or granted', async (t) => {
+  const upstream = await startScriptedUpstream();
+  const proxy = await startProxy({ upstreamPort: upstream.port, objectId: 'assume' });
+  const client = await RawClient.connect(proxy.port);
+  t.teardown(async () => {
+    client.close();
+    await proxy.close();
+    await upstream.close();
+  });
+  const server = await upstream.accept();
+  client.send('a LOGIN alice secret\r\n');
+  t.equal(await server.line(), 'a LOGIN alice secret');
+  server.send(`* OK Waiting for authentication process to respond..\r\n* OK [CAPABILITY ${PRE}] ready\r\n`);
+  server.send(`* CAPABILITY ${POST}\r\na OK Logged in\r\n`);
+  t.equal(
+    await client.response('a'),
+    '* OK Waiting for authentication process to respond..\r\n' +
+      '* OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR AUTH=PLAIN] ready\r\n' +
+      '* CAPABILITY IMAP4rev1 LITERAL+ IDLE OBJECTID JMAPACCESS\r\na OK Logged in\r\n',
+  );
+});
