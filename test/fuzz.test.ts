@@ -13,6 +13,7 @@ import { serverLiteralRule } from '../src/imap/response.js';
 import { startProxy, type RunningProxy } from './harness/proxy.js';
 import { RawClient } from './harness/raw-client.js';
 import { startScriptedUpstream, type ScriptedConnection, type ScriptedUpstream } from './harness/scripted-upstream.js';
+import { split } from './harness/chunks.js';
 
 // Anything thrown from a socket callback would land here rather than crash
 // the test process: every subtest asserts it stayed at zero.
@@ -29,19 +30,6 @@ process.on('unhandledRejection', (err) => {
 
 function assertNoUncaught(t: Test): void {
   t.equal(uncaught, 0, 'no uncaught exception or unhandled rejection', { errors: uncaughtErrors.map(String) });
-}
-
-/** Cuts `bytes` at the given positions (any order, duplicates allowed). */
-function split(bytes: Buffer, cuts: readonly number[]): Buffer[] {
-  const points = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b);
-  const chunks: Buffer[] = [];
-  let from = 0;
-  for (const p of points) {
-    chunks.push(bytes.subarray(from, p));
-    from = p;
-  }
-  chunks.push(bytes.subarray(from));
-  return chunks;
 }
 
 /** Runs per proxy property; FUZZ_RUNS raises it for a longer local search. */

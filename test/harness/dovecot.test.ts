@@ -1,13 +1,11 @@
 // Self-test of the Dovecot harness and the imaplib client, against Dovecot
 // directly (no proxy involved).
 import t from 'tap';
-import { spawn } from 'node:child_process';
 import { access } from 'node:fs/promises';
 import net from 'node:net';
-import { fileURLToPath } from 'node:url';
-import { ensureDovecotInstalled, startDovecot, type Dovecot } from './dovecot.js';
+import { ensureDovecotInstalled, startDovecot } from './dovecot.js';
+import { runImaplib } from './imaplib.js';
 
-const IMAPLIB_CLIENT = fileURLToPath(new URL('../clients/imaplib_client.py', import.meta.url));
 
 /** Minimal line-oriented IMAP connection for tests (no literals). */
 class LineClient {
@@ -97,18 +95,6 @@ function capsOf(line: string): string[] {
   return m?.[1] ? m[1].toUpperCase().split(/\s+/) : [];
 }
 
-function runPython(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('python3', [IMAPLIB_CLIENT, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
 await ensureDovecotInstalled();
 
 t.test('startDovecot: greeting, LOGIN, capabilities, stop', async (t) => {
@@ -188,7 +174,7 @@ t.test('python imaplib client directly against Dovecot', async (t) => {
   t.teardown(() => dovecot.stop());
 
   for (const mode of ['login', 'plain']) {
-    const r = await runPython([dovecot.host, String(dovecot.port), 'alice', 'alicepw', '--mode', mode, '--getjmapaccess']);
+    const r = await runImaplib([dovecot.host, String(dovecot.port), 'alice', 'alicepw', '--mode', mode, '--getjmapaccess']);
     t.equal(r.code, 0, `${mode}: exit 0 ${r.stderr}`);
     const out = JSON.parse(r.stdout) as {
       greeting_caps: string[];
@@ -208,7 +194,7 @@ t.test('python imaplib client directly against Dovecot', async (t) => {
     t.equal(out.fetched_equal, true, `${mode}: 8-bit message round-trips byte for byte`);
   }
 
-  const r = await runPython([dovecot.host, String(dovecot.port), 'bob', 'nope']);
+  const r = await runImaplib([dovecot.host, String(dovecot.port), 'bob', 'nope']);
   t.equal(r.code, 0, 'failed login still exits 0');
   const out = JSON.parse(r.stdout) as { login: string; login_error: string | null; getjmapaccess: unknown };
   t.equal(out.login, 'NO');

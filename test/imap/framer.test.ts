@@ -4,6 +4,7 @@ import { Framer, type FrameHandler, type FramerError, type LiteralRule } from '.
 import { clientLiteralRule } from '../../src/imap/command.js';
 import { serverLiteralRule } from '../../src/imap/response.js';
 import type { LiteralAnnouncement } from '../../src/imap/literal.js';
+import { split } from '../harness/chunks.js';
 
 /** What a framer reported, in order, with literal pieces merged per literal. */
 type Frame =
@@ -35,19 +36,6 @@ function collect(rule: LiteralRule, chunks: Buffer[], maxLineLength = 65536) {
   const framer = new Framer(handler, rule, maxLineLength);
   for (const chunk of chunks) framer.push(chunk);
   return { frames, output: Buffer.concat(output), framer };
-}
-
-/** Cuts `bytes` at the given positions (any order, duplicates allowed). */
-function split(bytes: Buffer, cuts: number[]): Buffer[] {
-  const points = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b);
-  const chunks: Buffer[] = [];
-  let from = 0;
-  for (const p of points) {
-    chunks.push(bytes.subarray(from, p));
-    from = p;
-  }
-  chunks.push(bytes.subarray(from));
-  return chunks;
 }
 
 /** Literal contents that look like protocol, plus arbitrary bytes. */

@@ -7,7 +7,6 @@
  * before the proxy, and the proxy before the Dovecot).
  */
 
-import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { resolve } from 'node:path';
@@ -20,13 +19,13 @@ import { startProxy, type RunningProxy } from '../harness/proxy.js';
 import { RawClient } from '../harness/raw-client.js';
 
 export { RawClient, type Dovecot, type RunningProxy };
+export { IMAPLIB_CLIENT, runImaplib, type ImaplibResult } from '../harness/imaplib.js';
 
 export const JMAP_URL = 'https://jmap.example.test/.well-known/jmap';
 export const JMAP_URL_QUOTED = `"${JMAP_URL}"`;
 /** What GETJMAPACCESS answers (before the tagged OK) when access is granted. */
 export const JMAPACCESS_LINE = `* JMAPACCESS ${JMAP_URL_QUOTED}\r\n`;
 
-export const IMAPLIB_CLIENT = fileURLToPath(new URL('../clients/imaplib_client.py', import.meta.url));
 
 export type ProxyOptions = Partial<RawConfig>;
 
@@ -182,36 +181,6 @@ export function literalAfter(data: Buffer, marker: string): { bytes: Buffer; res
 export async function rawLogin(client: RawClient, user: string, pass: string, tag = 'a'): Promise<string> {
   client.send(`${tag} LOGIN ${user} "${pass}"\r\n`);
   return client.response(tag);
-}
-
-/** The JSON the imaplib client prints (see test/clients/imaplib_client.py). */
-export interface ImaplibResult {
-  greeting_caps: string[];
-  login: string;
-  login_error: string | null;
-  caps_after: string[];
-  getjmapaccess: { typ: string; data: string[] } | null;
-  append_uid_ok: boolean;
-  fetched_equal: boolean;
-}
-
-export function runImaplib(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('python3', [IMAPLIB_CLIENT, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.once('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.once('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
 }
 
 /**
