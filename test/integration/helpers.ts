@@ -1,10 +1,11 @@
 /**
- * Shared helpers for the integration tests: a real Dovecot behind the real
- * proxy, driven by RawClient (bytes), imapflow and Python's imaplib.
+ * Shared helpers for the integration tests: a real upstream (Dovecot 2.3 or
+ * Cyrus IMAP 3.6) behind the real proxy, driven by RawClient (bytes),
+ * imapflow and Python's imaplib.
  *
  * Every resource a helper creates is released in a t.teardown of the test
  * that asked for it (tap runs teardowns last-in first-out, so clients close
- * before the proxy, and the proxy before the Dovecot).
+ * before the proxy, and the proxy before the upstream).
  */
 
 import { createHash, randomBytes } from 'node:crypto';
@@ -14,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import type { Test } from 'tap';
 import { ImapFlow, type ImapFlowOptions } from 'imapflow';
 import type { RawConfig } from '../../src/config.js';
+import { ensureCyrusInstalled, startCyrus } from '../harness/cyrus.js';
 import { ensureDovecotInstalled, startDovecot, type Dovecot, type DovecotOptions } from '../harness/dovecot.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
 import { RawClient } from '../harness/raw-client.js';
@@ -37,6 +39,126 @@ export async function dovecotFor(t: Test, options?: DovecotOptions): Promise<Dov
   const dovecot = await startDovecot(options);
   t.teardown(() => dovecot.stop());
   return dovecot;
+}
+
+// ---------------------------------------------------------------------------
+// Upstreams: the protocol tests run once per real server (see UPSTREAMS).
+
+export type UpstreamKind = 'dovecot' | 'cyrus';
+
+/** Every real server the protocol tests run against, in the order they run. */
+export const UPSTREAMS: readonly UpstreamKind[] = ['dovecot', 'cyrus'];
+
+/**
+ * What the tests need to know about a server's own answers. Tests assert on
+ * structure (tags, statuses, order, JMAPACCESS) and take whatever differs
+ * between servers from here, never from the server's name.
+ */
+export interface UpstreamFacts {
+  /**
+   * The post-login capability list has OBJECTID, so under the default
+   * --objectid require the proxy grants JMAPACCESS (Cyrus), or not, and
+   * answers GETJMAPACCESS with BAD (Dovecot 2.3).
+   */
+  hasObjectId: boolean;
+  /** The greeting's text after its `[CAPABILITY ...]` code. */
+  greetingText: RegExp;
+  /** The text of a successful LOGIN's tagged OK, after any response code. */
+  loginOkText: RegExp;
+  /** The text of the tagged NO to a LOGIN with a wrong password. */
+  loginFailedText: RegExp;
+  /**
+   * How a LOGIN that follows a pre-login CAPABILITY command is answered.
+   * true (Dovecot): the post-login list comes as an untagged
+   * `* CAPABILITY` line and the tagged OK is bare (`a OK Logged in`);
+   * false (Cyrus): as without the CAPABILITY, a tagged
+   * `a OK [CAPABILITY ...]` and no untagged list.
+   */
+  untaggedListAfterCapability: boolean;
+}
+
+export const UPSTREAM_FACTS: Readonly<Record<UpstreamKind, UpstreamFacts>> = {
+  dovecot: {
+    hasObjectId: false,
+    greetingText: /^Dovecot\b.* ready\.$/,
+    loginOkText: /^Logged in$/,
+    loginFailedText: /^\[AUTHENTICATIONFAILED\] /,
+    untaggedListAfterCapability: true,
+  },
+  cyrus: {
+    hasObjectId: true,
+    greetingText: /\bCyrus IMAP .* server ready$/,
+    loginOkText: /^User logged in SESSIONID=<[^>\s]+>$/,
+    loginFailedText: /^Login failed: /,
+    untaggedListAfterCapability: false,
+  },
+};
+
+/** A running real IMAP server of either kind, with its facts. */
+export interface Upstream extends UpstreamFacts {
+  kind: UpstreamKind;
+  host: string;
+  port: number;
+  /** user -> password */
+  users: Record<string, string>;
+  /** SIGKILL every process of the server (their connections drop); resolves once they are gone. */
+  killAll(): Promise<void>;
+  /** Stop the server cleanly (idempotent; also done in t.teardown). */
+  stop(): Promise<void>;
+  /** Everything the server logged so far (still available after stop()). */
+  readLog(): Promise<string>;
+}
+
+export interface UpstreamOptions {
+  /** user -> password; default { alice: 'alicepw', bob: 'bobpw' } */
+  users?: Record<string, string>;
+  /** Dovecot only: appended to dovecot.conf. */
+  dovecotConfig?: string;
+  /** Cyrus only: imapd.conf options. */
+  cyrusConfig?: Record<string, string>;
+}
+
+/** A fresh server of the given kind for the test (or subtest), stopped in t.teardown. */
+export async function upstreamFor(t: Test, kind: UpstreamKind, options: UpstreamOptions = {}): Promise<Upstream> {
+  const { users, dovecotConfig, cyrusConfig } = options;
+  let server: Omit<Upstream, keyof UpstreamFacts | 'kind'>;
+  if (kind === 'dovecot') {
+    server = await dovecotFor(t, { ...(users && { users }), ...(dovecotConfig !== undefined && { extraConfig: dovecotConfig }) });
+  } else {
+    await ensureCyrusInstalled();
+    const cyrus = await startCyrus({ ...(users && { users }), ...(cyrusConfig && { extraConfig: cyrusConfig }) });
+    t.teardown(() => cyrus.stop());
+    server = cyrus;
+  }
+  return {
+    ...UPSTREAM_FACTS[kind],
+    kind,
+    host: server.host,
+    port: server.port,
+    users: server.users,
+    killAll: () => server.killAll(),
+    stop: () => server.stop(),
+    readLog: () => server.readLog(),
+  };
+}
+
+/**
+ * The proxy's whole answer to `tag GETJMAPACCESS` in the authenticated
+ * state: `* JMAPACCESS <url>` and the tagged OK when the session was
+ * granted JMAPACCESS, else the tagged BAD of --objectid require on a server
+ * without OBJECTID.
+ */
+export function getJmapAccessAnswer(tag: string, granted: boolean): string {
+  return granted
+    ? `${JMAPACCESS_LINE}${tag} OK GETJMAPACCESS completed\r\n`
+    : `${tag} BAD JMAP access is not available on this server\r\n`;
+}
+
+/** A status response line (`tag OK|NO|BAD|PREAUTH|BYE [code] text`, tag `*` for untagged) taken apart, or null. */
+export function statusLine(line: string | undefined): { tag: string; status: string; code: string | null; text: string } | null {
+  const m = /^(\S+) (OK|NO|BAD|PREAUTH|BYE)(?: \[([^\]]*)\])?(?: (.*))?$/i.exec(line ?? '');
+  if (!m) return null;
+  return { tag: m[1] as string, status: (m[2] as string).toUpperCase(), code: m[3] ?? null, text: m[4] ?? '' };
 }
 
 /** A proxy in front of the given upstream port, closed in t.teardown. */
@@ -128,7 +250,7 @@ export function sha256(data: Buffer): string {
 
 /**
  * A valid RFC 5322 message of about `size` bytes: CRLF line endings only,
- * 76-character base64 body lines (so Dovecot stores and returns it byte for
+ * 76-character base64 body lines (so both servers store and return it byte for
  * byte), with a unique Message-ID.
  */
 export function makeMessage(size: number, subject = 'integration test'): Buffer {
@@ -258,7 +380,7 @@ export async function capabilityStrippingRelay(t: Test, upstreamPort: number): P
 // Self-check. `tap test/integration/` runs every .ts file in the directory,
 // this one included: when it is the file being run, check the helpers' own
 // invariants (the byte-identity tests rely on makeMessage's output surviving
-// Dovecot unchanged: CRLF only, short lines).
+// the servers unchanged: CRLF only, short lines).
 
 if (process.argv[1] !== undefined && fileURLToPath(import.meta.url) === resolve(process.argv[1])) {
   const { default: t } = await import('tap');
@@ -283,6 +405,24 @@ if (process.argv[1] !== undefined && fileURLToPath(import.meta.url) === resolve(
     );
     t.same(capabilityLists('* OK hello\r\na OK Logged in\r\n'), []);
     t.equal(countAtom(['A', 'JMAPACCESS', 'JMAPACCESS'], 'jmapaccess'), 2);
+  });
+
+  t.test('statusLine and getJmapAccessAnswer', async (t) => {
+    t.same(statusLine('a OK [CAPABILITY IMAP4rev1 X] Logged in'), { tag: 'a', status: 'OK', code: 'CAPABILITY IMAP4rev1 X', text: 'Logged in' });
+    t.same(statusLine('* bye Logging out'), { tag: '*', status: 'BYE', code: null, text: 'Logging out' });
+    t.same(statusLine('c OK'), { tag: 'c', status: 'OK', code: null, text: '' });
+    t.equal(statusLine('* 1 EXISTS'), null);
+    t.equal(statusLine(undefined), null);
+    t.equal(getJmapAccessAnswer('b', true), `${JMAPACCESS_LINE}b OK GETJMAPACCESS completed\r\n`);
+    t.equal(getJmapAccessAnswer('b', false), 'b BAD JMAP access is not available on this server\r\n');
+  });
+
+  t.test('upstream facts match real greetings and login answers', async (t) => {
+    t.match('Dovecot ready.', UPSTREAM_FACTS.dovecot.greetingText);
+    t.match('Dovecot (Debian) ready.', UPSTREAM_FACTS.dovecot.greetingText);
+    t.match('localhost Cyrus IMAP 3.6.1-Debian-3.6.1-4+deb12u5 server ready', UPSTREAM_FACTS.cyrus.greetingText);
+    t.match('User logged in SESSIONID=<cyt-KrD3X7-1795678392-30518-1-14820470146141754897>', UPSTREAM_FACTS.cyrus.loginOkText);
+    t.same(Object.keys(UPSTREAM_FACTS).sort(), [...UPSTREAMS].sort(), 'facts for every upstream');
   });
 
   t.test('literalAfter', async (t) => {
