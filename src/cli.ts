@@ -10,6 +10,7 @@ import { hideBin } from 'yargs/helpers';
 import { ConfigError, DEFAULT_MAX_LINE_LENGTH, DEFAULT_MECHANISMS, validateConfig, type Config } from './config.js';
 import { createLogger } from './logger.js';
 import { ProxyServer } from './server.js';
+import { CertificateError } from './tls.js';
 
 const EXIT_USAGE = 2;
 
@@ -61,6 +62,23 @@ export function parseArgs(argv: string[]): Config {
       default: '10s',
       describe: 'Give up connecting to the upstream after this long (seconds, or 500ms, 10s, 1m)',
     })
+    .option('tls-cert', {
+      type: 'string',
+      array: true,
+      describe: 'PEM certificate (chain allowed) for TLS toward clients; repeat with --tls-key for more names (chosen by SNI, the first is the default)',
+    })
+    .option('tls-key', { type: 'string', array: true, describe: 'PEM private key for the --tls-cert at the same position' })
+    .option('listen-tls', { type: 'string', describe: 'Also accept implicit-TLS clients (993-style) on HOST:PORT' })
+    .option('require-tls', {
+      type: 'boolean',
+      describe: 'Refuse LOGIN/AUTHENTICATE on plain connections until STARTTLS (default: on when a certificate is set)',
+    })
+    .option('tls-min-version', {
+      type: 'string',
+      choices: ['TLSv1.2', 'TLSv1.3'],
+      default: 'TLSv1.2',
+      describe: 'Oldest TLS version accepted from clients',
+    })
     .option('log-level', {
       type: 'string',
       choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
@@ -86,6 +104,11 @@ export function parseArgs(argv: string[]): Config {
       maxLineLength: args['max-line-length'],
       upstreamConnectTimeout: args['upstream-connect-timeout'],
       logLevel: args['log-level'],
+      tlsCert: args['tls-cert'],
+      tlsKey: args['tls-key'],
+      listenTls: args['listen-tls'],
+      requireTls: args['require-tls'],
+      tlsMinVersion: args['tls-min-version'],
     });
   } catch (err) {
     if (err instanceof ConfigError) usageError(err.message);
@@ -102,7 +125,13 @@ async function main(): Promise<void> {
   if (config.jmapUrl.startsWith('http:')) {
     log.warn({ jmapUrl: config.jmapUrl }, 'the JMAP URL is not https (--allow-insecure-jmap-url); clients would send credentials in clear');
   }
-  const server = new ProxyServer(config, log);
+  let server: ProxyServer;
+  try {
+    server = new ProxyServer(config, log);
+  } catch (err) {
+    if (err instanceof CertificateError) usageError(`--tls-cert/--tls-key: ${err.message}`);
+    throw err;
+  }
   try {
     await server.listen();
   } catch (err) {
@@ -123,6 +152,10 @@ async function main(): Promise<void> {
       process.exit(0);
     });
   };
+  process.on('SIGHUP', () => {
+    log.info({ config: { ...config, jmapMechanisms: [...config.jmapMechanisms] } }, 'SIGHUP: effective configuration');
+    server.reloadCertificates('SIGHUP');
+  });
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
 }

@@ -28,6 +28,25 @@ export interface Config {
   /** Milliseconds to wait for the upstream's TCP connection. */
   readonly upstreamConnectTimeoutMs: number;
   readonly logLevel: LogLevel;
+  /** Implicit-TLS listener (993-style), or null. */
+  readonly listenTls: HostPort | null;
+  /** Certificates for the client side, or null when the proxy does no TLS toward clients. */
+  readonly tls: ClientTlsConfig | null;
+  /** Refuse LOGIN/AUTHENTICATE on a plain client link until STARTTLS. */
+  readonly requireTls: boolean;
+}
+
+export type TlsVersion = 'TLSv1.2' | 'TLSv1.3';
+
+export interface CertificateFiles {
+  readonly certFile: string;
+  readonly keyFile: string;
+}
+
+export interface ClientTlsConfig {
+  /** The first pair is the default; the others are chosen by SNI. */
+  readonly certificates: readonly CertificateFiles[];
+  readonly minVersion: TlsVersion;
 }
 
 export class ConfigError extends Error {
@@ -44,6 +63,11 @@ export interface RawConfig {
   maxLineLength?: number;
   upstreamConnectTimeout?: string | number;
   logLevel?: string;
+  listenTls?: string;
+  tlsCert?: string | readonly string[];
+  tlsKey?: string | readonly string[];
+  requireTls?: boolean;
+  tlsMinVersion?: string;
 }
 
 export const DEFAULT_MECHANISMS = ['LOGIN', 'PLAIN', 'OAUTHBEARER', 'XOAUTH2'] as const;
@@ -192,5 +216,38 @@ export function validateConfig(raw: RawConfig): Config {
     maxLineLength,
     upstreamConnectTimeoutMs,
     logLevel,
+    ...validateClientTls(raw),
   };
+}
+
+function asList(value: string | readonly string[] | undefined): string[] {
+  if (value === undefined) return [];
+  return (typeof value === 'string' ? [value] : [...value]).filter((v) => v !== '');
+}
+
+/**
+ * `--tls-cert` and `--tls-key` are repeatable and paired in order; the
+ * first pair is the default certificate, the others are picked by SNI.
+ * The files themselves are read (and checked) when the server starts.
+ */
+function validateClientTls(raw: RawConfig): Pick<Config, 'listenTls' | 'tls' | 'requireTls'> {
+  const certs = asList(raw.tlsCert);
+  const keys = asList(raw.tlsKey);
+  if (certs.length !== keys.length) {
+    throw new ConfigError(`--tls-cert and --tls-key come in pairs: got ${certs.length} certificate(s) and ${keys.length} key(s)`);
+  }
+  const minVersion = raw.tlsMinVersion ?? 'TLSv1.2';
+  if (minVersion !== 'TLSv1.2' && minVersion !== 'TLSv1.3') {
+    throw new ConfigError(`--tls-min-version: must be TLSv1.2 or TLSv1.3, got "${minVersion}"`);
+  }
+  const tls: ClientTlsConfig | null =
+    certs.length === 0
+      ? null
+      : { certificates: certs.map((certFile, i) => ({ certFile, keyFile: keys[i] as string })), minVersion };
+  const listenTls = raw.listenTls ? parseHostPort(raw.listenTls, '--listen-tls') : null;
+  if (listenTls && !tls) throw new ConfigError('--listen-tls needs a certificate: add --tls-cert FILE --tls-key FILE');
+  if (raw.requireTls && !tls) throw new ConfigError('--require-tls needs a certificate: add --tls-cert FILE --tls-key FILE');
+  // With a certificate, plaintext logins are refused unless explicitly allowed.
+  const requireTls = tls !== null && (raw.requireTls ?? true);
+  return { listenTls, tls, requireTls };
 }

@@ -18,6 +18,7 @@
 
 import type { Socket } from 'node:net';
 import net from 'node:net';
+import tls from 'node:tls';
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
 import { Framer, type FramerError } from './imap/framer.js';
@@ -43,6 +44,7 @@ import {
   type SessionFacts,
 } from './jmapaccess.js';
 import { Outbox } from './outbox.js';
+import { TLS_HANDSHAKE_TIMEOUT_MS, type CertificateStore } from './tls.js';
 
 export type SessionState = 'not-authenticated' | 'authenticated' | 'selected' | 'logout';
 
@@ -88,6 +90,7 @@ const MAX_INVALID_COMMANDS = 10;
 /** How long a closing connection may take to flush before it is destroyed. */
 const CLOSE_FLUSH_MS = 5000;
 const LOCAL_COMMANDS = new Set(['GETJMAPACCESS', 'STARTTLS', 'COMPRESS']);
+const LOGIN_COMMANDS = new Set(['LOGIN', 'AUTHENTICATE']);
 
 export interface SessionSnapshot {
   readonly id: string;
@@ -100,6 +103,14 @@ export interface SessionSnapshot {
   readonly heldClientBytes: number;
 }
 
+/** How the client reached the proxy. */
+export interface ClientTransport {
+  /** The proxy's certificates, when it can do TLS toward clients. */
+  readonly certificates: CertificateStore | null;
+  /** True for the implicit-TLS listener: the link is encrypted from the first byte. */
+  readonly secure: boolean;
+}
+
 export interface SessionEvents {
   /** Called once when both sockets are gone. */
   onClose(session: Session): void;
@@ -107,7 +118,13 @@ export interface SessionEvents {
 
 export class Session {
   readonly id: string;
-  private readonly client: Socket;
+  /** The client link as the proxy reads and writes it (a TLSSocket after STARTTLS). */
+  private client: Socket;
+  private readonly transport: ClientTransport;
+  /** True once the client link is encrypted. */
+  private secure: boolean;
+  /** True between the STARTTLS reply and the end of the TLS handshake. */
+  private upgrading = false;
   private upstream: Socket | null = null;
   private readonly config: Config;
   private readonly log: Logger;
@@ -148,9 +165,11 @@ export class Session {
   private closed = false;
   private closeReason = 'client closed';
 
-  constructor(id: string, client: Socket, config: Config, log: Logger, events: SessionEvents) {
+  constructor(id: string, client: Socket, config: Config, log: Logger, events: SessionEvents, transport: ClientTransport) {
     this.id = id;
     this.client = client;
+    this.transport = transport;
+    this.secure = transport.secure;
     this.config = config;
     this.events = events;
     this.log = log.child({ conn: id });
@@ -198,12 +217,8 @@ export class Session {
   start(): void {
     const client = this.client;
     client.setNoDelay(true);
-    this.log.info({ peer: `${client.remoteAddress}:${client.remotePort}` }, 'connection opened');
-    client.on('data', (chunk: Buffer) => this.onClientData(chunk));
-    client.on('end', () => this.onClientEnd());
-    client.on('error', (err) => this.onSocketError('client', err));
-    client.on('close', () => this.onClientClose());
-    client.on('drain', () => this.updateReading());
+    this.log.info({ peer: `${client.remoteAddress}:${client.remotePort}`, tls: this.secure }, 'connection opened');
+    this.attachClient(client);
 
     const { host, port } = this.config.upstream;
     const connectStarted = Date.now();
@@ -222,6 +237,14 @@ export class Session {
     upstream.on('error', (err) => this.onSocketError('upstream', err));
     upstream.on('close', () => this.onUpstreamClose());
     upstream.on('drain', () => this.updateReading());
+  }
+
+  private attachClient(client: Socket): void {
+    client.on('data', (chunk: Buffer) => this.onClientData(chunk));
+    client.on('end', () => this.onClientEnd());
+    client.on('error', (err) => this.onSocketError('client', err));
+    client.on('close', () => this.onClientClose());
+    client.on('drain', () => this.updateReading());
   }
 
   /** Ends the session now (server shutdown). */
@@ -264,6 +287,7 @@ export class Session {
   private updateReading(): void {
     const upstream = this.upstream;
     if (this.closing || !upstream) return;
+    if (this.upgrading) return; // the TLS handshake owns the client socket
     const readClient = !this.clientHeld && !upstream.writableNeedDrain;
     if (readClient === this.client.isPaused()) readClient ? this.client.resume() : this.client.pause();
     const readUpstream = !this.client.writableNeedDrain;
@@ -395,6 +419,9 @@ export class Session {
     if (!head) return this.onInvalidCommand(line, literal);
     this.invalidCommands = 0;
     if (LOCAL_COMMANDS.has(head.name)) return this.onLocalCommand(head, literal);
+    if (LOGIN_COMMANDS.has(head.name) && this.config.requireTls && !this.secure) {
+      return this.onLocalCommand(head, literal);
+    }
     this.forwardCommand(line, head, literal);
   }
 
@@ -533,9 +560,18 @@ export class Session {
           'GETJMAPACCESS',
         );
       }
+    } else if (head.name === 'STARTTLS') {
+      const refusal = this.startTlsRefusal(hasArguments);
+      if (refusal === null) return this.startTls(head.tag);
+      reply = `${head.tag} ${refusal}\r\n`;
+    } else if (LOGIN_COMMANDS.has(head.name)) {
+      // Credentials never cross a plain link when TLS is required (and the
+      // upstream never sees them): RFC 9051's LOGINDISABLED.
+      reply = `${head.tag} NO [PRIVACYREQUIRED] Use STARTTLS before logging in\r\n`;
+      this.log.info({ tag: head.tag, command: head.name }, 'login refused before STARTTLS');
     } else {
-      // STARTTLS and COMPRESS would change the client link, which the proxy
-      // does not terminate yet; the upstream must not see them either.
+      // COMPRESS would change the client link, which the proxy does not
+      // compress yet; the upstream must not see it either.
       reply = `${head.tag} NO ${head.name} is not available through this proxy\r\n`;
       this.log.debug({ tag: head.tag, command: head.name }, 'refused locally');
     }
@@ -547,6 +583,54 @@ export class Session {
     this.toClient.push(Buffer.from(reply, 'latin1'));
     // A refused synchronizing literal is never sent.
     if (literal) this.clientFramer.cancelLiteral();
+  }
+
+  private startTlsRefusal(hasArguments: boolean): string | null {
+    if (hasArguments) return 'BAD STARTTLS takes no arguments';
+    if (!this.transport.certificates) return 'NO STARTTLS is not available through this proxy';
+    if (this.secure) return 'BAD TLS is already active';
+    if (this.state !== 'not-authenticated') return 'BAD STARTTLS is valid only before login';
+    return null;
+  }
+
+  /**
+   * RFC 9051 6.2.1: after the OK, TLS starts on the same socket. Whatever the
+   * client sent after STARTTLS in plaintext is dropped unread (CVE-2011-0411:
+   * commands injected before the handshake must not run inside the TLS
+   * session). The upstream never sees STARTTLS.
+   */
+  private startTls(tag: string): void {
+    const certificates = this.transport.certificates as CertificateStore;
+    const raw = this.client;
+    this.clientFramer.discardBuffered();
+    this.upgrading = true;
+    raw.pause();
+    this.toClient.flushTo(raw);
+    raw.write(Buffer.from(`${tag} OK Begin TLS negotiation now\r\n`, 'latin1'), () => {
+      if (this.closing) return;
+      for (const event of ['data', 'end', 'close', 'drain'] as const) raw.removeAllListeners(event);
+      const secure = new tls.TLSSocket(raw, {
+        isServer: true,
+        secureContext: certificates.defaultContext,
+        SNICallback: certificates.sniCallback,
+      });
+      this.client = secure;
+      this.attachClient(secure);
+      // A client that goes quiet or away mid-handshake is not waited for.
+      raw.once('end', () => this.upgrading && secure.destroy());
+      const timer = setTimeout(() => {
+        if (this.upgrading) secure.destroy(new Error('TLS handshake timed out'));
+      }, TLS_HANDSHAKE_TIMEOUT_MS);
+      timer.unref();
+      secure.once('secure', () => {
+        clearTimeout(timer);
+        this.secure = true;
+        this.upgrading = false;
+        this.log.info({ protocol: secure.getProtocol(), servername: (secure as { servername?: string }).servername || undefined }, 'STARTTLS done');
+        this.clientFramer.resume();
+        this.updateReading();
+      });
+    });
   }
 
   /** Asks the upstream for its capabilities; the client never sees the exchange. */
@@ -739,7 +823,16 @@ export class Session {
       this.objectId = hasCapability(atoms, 'OBJECTID') ? 'present' : 'absent';
     }
     const decision = decide(this.facts(), this.config);
-    return replaceCapabilities(line, span, rewriteCapabilities(atoms, decision.grant));
+    const tlsPossible = this.transport.certificates !== null && !this.secure;
+    return replaceCapabilities(
+      line,
+      span,
+      rewriteCapabilities(atoms, {
+        jmapAccess: decision.grant,
+        startTls: tlsPossible && this.state === 'not-authenticated',
+        loginDisabled: tlsPossible && this.config.requireTls,
+      }),
+    );
   }
 
   // -------------------------------------------------------------------- state

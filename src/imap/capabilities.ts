@@ -1,13 +1,23 @@
 /**
- * What the proxy does to a capability list, as a pure function of the list.
+ * What the proxy does to a capability list, as a pure function of the list
+ * and of what the proxy offers on this client link.
  *
- * The proxy owns three capabilities: JMAPACCESS (its own decision replaces
- * anything the upstream says), and STARTTLS and COMPRESS=*, which only make
- * sense on the client's own link. Until the proxy terminates TLS and
- * compression itself it must not let a client start either through it.
+ * The proxy owns JMAPACCESS (its own decision replaces anything the upstream
+ * says) and everything about the client link itself: STARTTLS, COMPRESS=*,
+ * and, while TLS is required but not active, LOGINDISABLED in place of the
+ * AUTH= mechanisms (RFC 9051 section 6.2.3).
  */
 
 export const JMAPACCESS = 'JMAPACCESS';
+
+export interface CapabilityOffer {
+  /** Add JMAPACCESS (the RFC 9698 decision). */
+  readonly jmapAccess: boolean;
+  /** Add STARTTLS: the proxy can start TLS on this link now. */
+  readonly startTls: boolean;
+  /** Add LOGINDISABLED and hide AUTH=: logins wait for TLS. */
+  readonly loginDisabled: boolean;
+}
 
 /** Capabilities removed from every list the upstream sends. */
 export function isProxyOwned(atom: string): boolean {
@@ -20,9 +30,16 @@ export function hasCapability(atoms: readonly string[], name: string): boolean {
   return atoms.some((atom) => atom.toUpperCase() === wanted);
 }
 
-/** The list the client sees: upstream's, minus what the proxy owns, plus JMAPACCESS when granted. */
-export function rewriteCapabilities(atoms: readonly string[], grantJmapAccess: boolean): string[] {
-  const kept = atoms.filter((atom) => !isProxyOwned(atom));
-  if (grantJmapAccess) kept.push(JMAPACCESS);
+/** The list the client sees: upstream's, minus what the proxy owns, plus what it offers. */
+export function rewriteCapabilities(atoms: readonly string[], offer: CapabilityOffer): string[] {
+  const kept = atoms.filter((atom) => {
+    if (isProxyOwned(atom)) return false;
+    if (!offer.loginDisabled) return true;
+    const upper = atom.toUpperCase();
+    return upper !== 'LOGINDISABLED' && !upper.startsWith('AUTH=');
+  });
+  if (offer.startTls) kept.push('STARTTLS');
+  if (offer.loginDisabled) kept.push('LOGINDISABLED');
+  if (offer.jmapAccess) kept.push(JMAPACCESS);
   return kept;
 }

@@ -58,6 +58,7 @@ export class Framer {
 
   private paused = false;
   private deferRequested = false;
+  private discarding = false;
   private processing = false;
   private dead = false;
   /** Input received or left over while paused. */
@@ -89,7 +90,8 @@ export class Framer {
   }
 
   push(chunk: Buffer): void {
-    if (this.dead || chunk.length === 0) return;
+    // Input arriving while discarding is dropped too: it was sent before the link changed.
+    if (this.dead || chunk.length === 0 || this.discarding) return;
     if (this.paused || this.processing) {
       this.pending = this.pending ? Buffer.concat([this.pending, chunk]) : chunk;
       return;
@@ -101,6 +103,19 @@ export class Framer {
     this.paused = true;
   }
 
+  /**
+   * Drops every byte received after the current event, and pauses. Used when
+   * the link changes under the framer (STARTTLS): what came before the
+   * change must not be read as if it came after.
+   */
+  discardBuffered(): void {
+    this.discarding = true;
+    this.paused = true;
+    this.pending = null;
+    this.partial = [];
+    this.partialLength = 0;
+  }
+
   /** From inside `line()`: do not consume this line; pause and replay it on resume(). */
   deferLine(): void {
     this.deferRequested = true;
@@ -110,6 +125,7 @@ export class Framer {
   resume(): void {
     if (!this.paused || this.dead) return;
     this.paused = false;
+    this.discarding = false;
     if (this.processing) return; // the running loop picks the pending input up
     this.drainPending();
   }
@@ -221,6 +237,7 @@ export class Framer {
 
   /** Keeps unprocessed input ahead of anything already pending. */
   private keep(rest: Buffer): void {
+    if (this.discarding) return;
     if (rest.length === 0) return;
     this.pending = this.pending ? Buffer.concat([rest, this.pending]) : rest;
   }

@@ -12,6 +12,8 @@ import { ProxyServer } from '../../src/server.js';
 export interface RunningProxy {
   host: string;
   port: number;
+  /** The implicit-TLS port, when the options asked for one (listenTls). */
+  tlsPort: number | null;
   server: ProxyServer;
   /** Every log line written so far, parsed. */
   logs(): Array<Record<string, unknown>>;
@@ -37,11 +39,20 @@ export async function startProxy(options: Partial<RawConfig> & { upstreamPort: n
     },
   });
   const log = createLogger(config.logLevel, sink);
-  const server = new ProxyServer({ ...config, listen: { host: '127.0.0.1', port: 0 } }, log);
-  const address: AddressInfo = await server.listen();
+  const server = new ProxyServer(
+    {
+      ...config,
+      listen: { host: '127.0.0.1', port: 0 },
+      listenTls: config.listenTls ? { host: '127.0.0.1', port: 0 } : null,
+    },
+    log,
+  );
+  const addresses = await server.listen();
+  const address: AddressInfo = addresses.plain;
   return {
     host: '127.0.0.1',
     port: address.port,
+    tlsPort: addresses.tls?.port ?? null,
     server,
     rawLog: () => raw,
     logs: () =>

@@ -1,6 +1,9 @@
 import t from 'tap';
 import fc from 'fast-check';
-import { hasCapability, isProxyOwned, JMAPACCESS, rewriteCapabilities } from '../../src/imap/capabilities.js';
+import { hasCapability, isProxyOwned, JMAPACCESS, rewriteCapabilities, type CapabilityOffer } from '../../src/imap/capabilities.js';
+
+/** The offer of a plain-text link without TLS support: only the JMAPACCESS decision varies. */
+const jmapOnly = (jmapAccess: boolean): CapabilityOffer => ({ jmapAccess, startTls: false, loginDisabled: false });
 
 t.test('isProxyOwned: JMAPACCESS, STARTTLS and COMPRESS=*, in any case', async (t) => {
   for (const atom of ['JMAPACCESS', 'jmapaccess', 'JmapAccess', 'STARTTLS', 'starttls', 'COMPRESS=DEFLATE', 'compress=deflate', 'COMPRESS=ZSTD']) {
@@ -20,13 +23,13 @@ t.test('hasCapability is case-insensitive and exact', async (t) => {
 
 t.test('rewriteCapabilities: examples', async (t) => {
   const upstream = ['IMAP4rev1', 'STARTTLS', 'AUTH=PLAIN', 'COMPRESS=DEFLATE', 'jmapaccess', 'IDLE', 'starttls', 'Compress=Deflate'];
-  t.same(rewriteCapabilities(upstream, false), ['IMAP4rev1', 'AUTH=PLAIN', 'IDLE']);
-  t.same(rewriteCapabilities(upstream, true), ['IMAP4rev1', 'AUTH=PLAIN', 'IDLE', 'JMAPACCESS']);
-  t.same(rewriteCapabilities(['IMAP4rev1', 'JMAPACCESS', 'JMAPACCESS'], true), ['IMAP4rev1', 'JMAPACCESS'], 'added exactly once');
-  t.same(rewriteCapabilities([], true), ['JMAPACCESS']);
-  t.same(rewriteCapabilities([], false), []);
+  t.same(rewriteCapabilities(upstream, jmapOnly(false)), ['IMAP4rev1', 'AUTH=PLAIN', 'IDLE']);
+  t.same(rewriteCapabilities(upstream, jmapOnly(true)), ['IMAP4rev1', 'AUTH=PLAIN', 'IDLE', 'JMAPACCESS']);
+  t.same(rewriteCapabilities(['IMAP4rev1', 'JMAPACCESS', 'JMAPACCESS'], jmapOnly(true)), ['IMAP4rev1', 'JMAPACCESS'], 'added exactly once');
+  t.same(rewriteCapabilities([], jmapOnly(true)), ['JMAPACCESS']);
+  t.same(rewriteCapabilities([], jmapOnly(false)), []);
   const input = ['IMAP4rev1', 'STARTTLS'];
-  rewriteCapabilities(input, true);
+  rewriteCapabilities(input, jmapOnly(true));
   t.same(input, ['IMAP4rev1', 'STARTTLS'], 'the input list is not modified');
 });
 
@@ -55,7 +58,7 @@ const atom = fc.oneof(
 t.test('rewriteCapabilities: property', async (t) => {
   fc.assert(
     fc.property(fc.array(atom, { maxLength: 20 }), fc.boolean(), (atoms, grant) => {
-      const out = rewriteCapabilities(atoms, grant);
+      const out = rewriteCapabilities(atoms, jmapOnly(grant));
       const owned = out.filter((a) => isProxyOwned(a));
       // Only the proxy's own JMAPACCESS, exactly once when granted, last.
       if (grant) {
@@ -70,4 +73,19 @@ t.test('rewriteCapabilities: property', async (t) => {
     { numRuns: 500 },
   );
   t.pass('rewriteCapabilities keeps everything not proxy-owned, in order, and adds JMAPACCESS only when granted');
+});
+
+t.test('rewriteCapabilities: STARTTLS and LOGINDISABLED are the proxy\'s offer, not the upstream\'s', async (t) => {
+  const upstream = ['IMAP4rev1', 'STARTTLS', 'AUTH=PLAIN', 'AUTH=LOGIN', 'SASL-IR', 'LOGINDISABLED'];
+  t.same(
+    rewriteCapabilities(upstream, { jmapAccess: false, startTls: true, loginDisabled: true }),
+    ['IMAP4rev1', 'SASL-IR', 'STARTTLS', 'LOGINDISABLED'],
+    'TLS required and possible: AUTH= hidden, LOGINDISABLED once, STARTTLS offered',
+  );
+  t.same(
+    rewriteCapabilities(upstream, { jmapAccess: false, startTls: false, loginDisabled: false }),
+    ['IMAP4rev1', 'AUTH=PLAIN', 'AUTH=LOGIN', 'SASL-IR', 'LOGINDISABLED'],
+    'without TLS duties the upstream\'s own LOGINDISABLED passes through',
+  );
+  t.same(rewriteCapabilities(['IMAP4rev1'], { jmapAccess: true, startTls: true, loginDisabled: false }), ['IMAP4rev1', 'STARTTLS', 'JMAPACCESS']);
 });

@@ -1,0 +1,133 @@
+/**
+ * The proxy's own certificates, toward clients: loading, choosing one by
+ * SNI, and reloading without dropping a connection.
+ *
+ * Connections pick a context when their handshake starts, so a reload
+ * affects new handshakes only. A reload that fails (a half-written file, a
+ * key that does not match) is logged and the previous certificates stay.
+ */
+
+import { readFileSync, unwatchFile, watchFile } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import tls from 'node:tls';
+import type { Logger } from 'pino';
+import type { ClientTlsConfig } from './config.js';
+
+interface LoadedCertificate {
+  readonly context: tls.SecureContext;
+  readonly x509: X509Certificate;
+  /** What the server options need to rebuild the default context of a tls.Server. */
+  readonly cert: Buffer;
+  readonly key: Buffer;
+}
+
+export class CertificateError extends Error {
+  override readonly name = 'CertificateError';
+}
+
+/** A client gets this long to complete its TLS handshake (implicit TLS and STARTTLS). */
+export const TLS_HANDSHAKE_TIMEOUT_MS = 30_000;
+
+/** How often certificate files are checked for changes (fs.watchFile polls; it follows symlinks). */
+const WATCH_INTERVAL_MS = 2000;
+
+export class CertificateStore {
+  private readonly config: ClientTlsConfig;
+  private readonly log: Logger;
+  private loaded: LoadedCertificate[];
+  private readonly listeners = new Set<() => void>();
+  private watching = false;
+
+  /** Loads every certificate now; throws CertificateError when one cannot be used. */
+  constructor(config: ClientTlsConfig, log: Logger) {
+    this.config = config;
+    this.log = log;
+    this.loaded = this.loadAll();
+  }
+
+  /** The certificate used when the client sends no SNI name or none matches. */
+  get defaultContext(): tls.SecureContext {
+    return (this.loaded[0] as LoadedCertificate).context;
+  }
+
+  /** Options for tls.createServer / server.setSecureContext. */
+  serverOptions(): tls.TlsOptions {
+    const first = this.loaded[0] as LoadedCertificate;
+    return { cert: first.cert, key: first.key, minVersion: this.config.minVersion, SNICallback: this.sniCallback };
+  }
+
+  readonly sniCallback = (servername: string, callback: (err: Error | null, ctx?: tls.SecureContext) => void): void => {
+    callback(null, this.contextFor(servername));
+  };
+
+  /** The first certificate whose names cover `servername`, else the default. */
+  contextFor(servername: string): tls.SecureContext {
+    const match = servername ? this.loaded.find((c) => c.x509.checkHost(servername) !== undefined) : undefined;
+    return (match ?? (this.loaded[0] as LoadedCertificate)).context;
+  }
+
+  /** Subjects of the certificates in use, for logs. */
+  describe(): string[] {
+    return this.loaded.map((c) => `${c.x509.subject.replace(/\n/g, ', ')} (until ${c.x509.validTo})`);
+  }
+
+  /** Re-reads the files. Returns false, and keeps the old certificates, when they cannot be used. */
+  reload(reason: string): boolean {
+    try {
+      this.loaded = this.loadAll();
+    } catch (err) {
+      this.log.error({ reason, err: (err as Error).message }, 'certificate reload failed; keeping the previous certificates');
+      return false;
+    }
+    this.log.info({ reason, certificates: this.describe() }, 'certificates reloaded');
+    for (const listener of this.listeners) listener();
+    return true;
+  }
+
+  /** Called after every successful reload (the implicit-TLS server updates its default context). */
+  onReload(listener: () => void): void {
+    this.listeners.add(listener);
+  }
+
+  /** Reloads when a certificate or key file changes. */
+  watch(): void {
+    if (this.watching) return;
+    this.watching = true;
+    for (const file of this.files()) {
+      watchFile(file, { interval: WATCH_INTERVAL_MS, persistent: false }, (current, previous) => {
+        if (current.mtimeMs !== previous.mtimeMs || current.size !== previous.size || current.ino !== previous.ino) {
+          this.reload(`${file} changed`);
+        }
+      });
+    }
+  }
+
+  unwatch(): void {
+    if (!this.watching) return;
+    this.watching = false;
+    for (const file of this.files()) unwatchFile(file);
+  }
+
+  private files(): string[] {
+    return [...new Set(this.config.certificates.flatMap((c) => [c.certFile, c.keyFile]))];
+  }
+
+  private loadAll(): LoadedCertificate[] {
+    return this.config.certificates.map(({ certFile, keyFile }) => {
+      let cert: Buffer;
+      let key: Buffer;
+      try {
+        cert = readFileSync(certFile);
+        key = readFileSync(keyFile);
+      } catch (err) {
+        throw new CertificateError(`cannot read ${(err as NodeJS.ErrnoException).path ?? certFile}: ${(err as Error).message}`);
+      }
+      try {
+        const context = tls.createSecureContext({ cert, key, minVersion: this.config.minVersion });
+        return { context, x509: new X509Certificate(cert), cert, key };
+      } catch (err) {
+        throw new CertificateError(`${certFile} / ${keyFile}: ${(err as Error).message}`);
+      }
+    });
+  }
+}
