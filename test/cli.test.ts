@@ -10,6 +10,7 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { makeTestCa } from './harness/pki.js';
 import { RawClient } from './harness/raw-client.js';
 import { startScriptedUpstream } from './harness/scripted-upstream.js';
 
@@ -78,6 +79,8 @@ t.before(() => {
   if (build.status !== 0) throw new Error(`build failed: ${build.stdout}${build.stderr}`);
 });
 
+const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
 const REQUIRED = ['--upstream', 'imap://127.0.0.1:143', '--jmap-url', JMAP];
 
 t.test('--help lists every flag and exits 0', async (t) => {
@@ -94,6 +97,11 @@ t.test('--help lists every flag and exits 0', async (t) => {
     '--max-line-length',
     '--upstream-connect-timeout',
     '--log-level',
+    '--tls-cert',
+    '--tls-key',
+    '--listen-tls',
+    '--require-tls',
+    '--tls-min-version',
     '--version',
     '--help',
   ]) {
@@ -140,6 +148,56 @@ t.test('usage errors: exit status 2 and a message naming the problem', async (t)
   await Promise.all(
     cases.map(async (c) => {
       const r = await run(c.args, c.env);
+      t.equal(r.code, 2, `${c.name}: exit status`);
+      t.match(r.stderr, /^jmapaccess-proxy: /, `${c.name}: stderr names the program`);
+      t.match(r.stderr, c.stderr, `${c.name}: stderr explains`);
+      t.match(r.stderr, /Try --help/, `${c.name}: stderr points at --help`);
+      t.equal(r.stdout, '', `${c.name}: nothing on stdout`);
+    }),
+  );
+});
+
+t.test('TLS flag refusals: exit status 2 and a message naming the problem', async (t) => {
+  const ca = makeTestCa();
+  t.teardown(() => ca.remove());
+  const cert = ca.issue('cli-flags', ['localhost']);
+  const other = ca.issue('cli-flags-other', ['localhost']);
+  const missing = `${ca.dir}/does-not-exist.crt`;
+  const missingKey = `${ca.dir}/does-not-exist.key`;
+  const cases: Array<{ name: string; args: string[]; stderr: RegExp }> = [
+    { name: '--tls-cert without --tls-key', args: [...REQUIRED, '--tls-cert', cert.certFile], stderr: /--tls-cert and --tls-key come in pairs/ },
+    { name: '--tls-key without --tls-cert', args: [...REQUIRED, '--tls-key', cert.keyFile], stderr: /--tls-cert and --tls-key come in pairs/ },
+    {
+      name: 'two certificates, one key',
+      args: [...REQUIRED, '--tls-cert', cert.certFile, '--tls-cert', other.certFile, '--tls-key', cert.keyFile],
+      stderr: /--tls-cert and --tls-key come in pairs: got 2 certificate\(s\) and 1 key\(s\)/,
+    },
+    {
+      name: 'a nonexistent certificate file',
+      args: [...REQUIRED, '--tls-cert', missing, '--tls-key', cert.keyFile],
+      stderr: new RegExp(`--tls-cert/--tls-key: cannot read ${escapeRegExp(missing)}`),
+    },
+    {
+      name: 'a nonexistent key file',
+      args: [...REQUIRED, '--tls-cert', cert.certFile, '--tls-key', missingKey],
+      stderr: new RegExp(`--tls-cert/--tls-key: cannot read ${escapeRegExp(missingKey)}`),
+    },
+    {
+      name: 'a key that does not match the certificate',
+      args: [...REQUIRED, '--tls-cert', cert.certFile, '--tls-key', other.keyFile],
+      stderr: /--tls-cert\/--tls-key: .*cli-flags\.crt .*cli-flags-other\.key/,
+    },
+    { name: '--listen-tls without a certificate', args: [...REQUIRED, '--listen-tls', '127.0.0.1:0'], stderr: /--listen-tls needs a certificate/ },
+    { name: '--require-tls without a certificate', args: [...REQUIRED, '--require-tls'], stderr: /--require-tls needs a certificate/ },
+    {
+      name: '--tls-min-version TLSv1.1',
+      args: [...REQUIRED, '--tls-cert', cert.certFile, '--tls-key', cert.keyFile, '--tls-min-version', 'TLSv1.1'],
+      stderr: /tls-min-version.*TLSv1\.1/s,
+    },
+  ];
+  await Promise.all(
+    cases.map(async (c) => {
+      const r = await run(c.args);
       t.equal(r.code, 2, `${c.name}: exit status`);
       t.match(r.stderr, /^jmapaccess-proxy: /, `${c.name}: stderr names the program`);
       t.match(r.stderr, c.stderr, `${c.name}: stderr explains`);

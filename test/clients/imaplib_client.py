@@ -2,6 +2,12 @@
 """Drive an IMAP server with Python's stdlib imaplib and report as JSON.
 
 usage: imaplib_client.py HOST PORT USER PASS [--mode login|plain] [--getjmapaccess]
+                         [--tls | --starttls] [--cafile FILE]
+
+--tls       implicit TLS from the first byte (imaplib.IMAP4_SSL)
+--starttls  connect in plaintext, then STARTTLS before logging in
+--cafile    the CA certificate to trust for --tls/--starttls (the server
+            certificate is verified, host name included)
 
 Prints exactly one JSON object on stdout:
   greeting_caps   capabilities before login (imaplib sends CAPABILITY on connect)
@@ -11,6 +17,11 @@ Prints exactly one JSON object on stdout:
   getjmapaccess   {"typ": "OK"|"BAD", "data": [str...]} or null if not requested / not logged in
   append_uid_ok   APPEND to INBOX succeeded with an [APPENDUID ...] response code
   fetched_equal   FETCH BODY.PEEK[] of the last INBOX message returned the appended bytes exactly
+Only with --tls or --starttls:
+  tls_version     the negotiated protocol, e.g. "TLSv1.3"
+Only with --starttls (greeting_caps are then the plaintext ones):
+  starttls        "OK" once STARTTLS succeeded
+  caps_after_starttls  capabilities imaplib asked for inside TLS, before login
 
 Exit status 0 whenever the script ran to the end (also when login was NO);
 non-zero only on unexpected errors (connection failure, dropped connection, ...).
@@ -22,6 +33,7 @@ import imaplib
 import json
 import os
 import re
+import ssl
 import sys
 import time
 
@@ -136,7 +148,19 @@ def main(argv):
     ap.add_argument("password")
     ap.add_argument("--mode", choices=("login", "plain"), default="login")
     ap.add_argument("--getjmapaccess", action="store_true")
+    tls_mode = ap.add_mutually_exclusive_group()
+    tls_mode.add_argument("--tls", action="store_true")
+    tls_mode.add_argument("--starttls", action="store_true")
+    ap.add_argument("--cafile")
     args = ap.parse_args(argv)
+    if args.cafile and not (args.tls or args.starttls):
+        ap.error("--cafile needs --tls or --starttls")
+
+    ssl_context = None
+    if args.tls or args.starttls:
+        # Verifies the chain and the host name (an IP address is matched
+        # against the certificate's IP SANs).
+        ssl_context = ssl.create_default_context(cafile=args.cafile)
 
     result = {
         "greeting_caps": [],
@@ -148,9 +172,20 @@ def main(argv):
         "fetched_equal": False,
     }
 
-    imap = imaplib.IMAP4(args.host, args.port, timeout=TIMEOUT_SECS)
+    if args.tls:
+        imap = imaplib.IMAP4_SSL(args.host, args.port, ssl_context=ssl_context, timeout=TIMEOUT_SECS)
+    else:
+        imap = imaplib.IMAP4(args.host, args.port, timeout=TIMEOUT_SECS)
     try:
         result["greeting_caps"] = list(imap.capabilities)
+        if args.starttls:
+            # starttls() refuses unless STARTTLS was advertised, and asks for
+            # the capabilities again once TLS is up.
+            typ, _dat = imap.starttls(ssl_context)
+            result["starttls"] = to_str(typ)
+            result["caps_after_starttls"] = list(imap.capabilities)
+        if ssl_context is not None:
+            result["tls_version"] = imap.sock.version()
         result["login"], result["login_error"] = do_login(imap, args.user, args.password, args.mode)
         if result["login"] == "OK":
             # login() does not refresh imap.capabilities; ask explicitly.
