@@ -3,6 +3,7 @@
  * a test) hands in goes through validateConfig(): a Config is always valid.
  */
 
+import { readFileSync } from 'node:fs';
 import { quoteImapString } from './imap/quote.js';
 
 export type ObjectIdMode = 'require' | 'assume';
@@ -16,6 +17,8 @@ export interface HostPort {
 export interface Config {
   readonly listen: HostPort;
   readonly upstream: HostPort;
+  /** TLS toward the upstream, or null for plain TCP. */
+  readonly upstreamTls: UpstreamTls | null;
   /** The JMAP session resource URL (RFC 8620 section 2), as given. */
   readonly jmapUrl: string;
   /** The URL already written as an IMAP `quoted` string. */
@@ -34,6 +37,17 @@ export interface Config {
   readonly tls: ClientTlsConfig | null;
   /** Refuse LOGIN/AUTHENTICATE on a plain client link until STARTTLS. */
   readonly requireTls: boolean;
+}
+
+export interface UpstreamTls {
+  /** `implicit`: imaps://; `starttls`: the proxy runs STARTTLS before relaying. */
+  readonly mode: 'implicit' | 'starttls';
+  /** Trusted CA certificates (PEM) instead of Node's bundled list. */
+  readonly ca: Buffer | null;
+  /** The name to verify and send as SNI; defaults to the upstream host when it is a name. */
+  readonly servername: string | null;
+  /** Skip certificate verification (self-signed labs only). */
+  readonly insecure: boolean;
 }
 
 export type TlsVersion = 'TLSv1.2' | 'TLSv1.3';
@@ -68,6 +82,10 @@ export interface RawConfig {
   tlsKey?: string | readonly string[];
   requireTls?: boolean;
   tlsMinVersion?: string;
+  upstreamStarttls?: boolean;
+  upstreamCa?: string;
+  upstreamServername?: string;
+  upstreamTlsInsecure?: boolean;
 }
 
 export const DEFAULT_MECHANISMS = ['LOGIN', 'PLAIN', 'OAUTHBEARER', 'XOAUTH2'] as const;
@@ -104,25 +122,36 @@ export function parseHostPort(text: string, what: string): HostPort {
 
 /** `imap://HOST:PORT` (the port defaults to 143). */
 export function parseUpstream(text: string): HostPort {
+  return parseUpstreamUrl(text).address;
+}
+
+/**
+ * `imap://HOST:PORT` (default port 143), `imap://HOST:PORT?starttls`, or
+ * `imaps://HOST:PORT` (default port 993).
+ */
+export function parseUpstreamUrl(text: string): { address: HostPort; tls: 'implicit' | 'starttls' | null } {
   let url: URL;
   try {
     url = new URL(text);
   } catch {
     throw new ConfigError(`--upstream: "${text}" is not a URL; expected imap://HOST:PORT`);
   }
-  if (url.protocol === 'imaps:') {
-    throw new ConfigError('--upstream: imaps:// (TLS to the upstream) is not supported yet; use imap://HOST:PORT');
+  if (url.protocol !== 'imap:' && url.protocol !== 'imaps:') {
+    throw new ConfigError(`--upstream: scheme must be imap:// or imaps://, got "${url.protocol}//"`);
   }
-  if (url.protocol !== 'imap:') throw new ConfigError(`--upstream: scheme must be imap://, got "${url.protocol}//"`);
   if (url.username || url.password) throw new ConfigError('--upstream: must not contain credentials');
-  if ((url.pathname && url.pathname !== '/') || url.search || url.hash) {
-    throw new ConfigError(`--upstream: expected imap://HOST:PORT with nothing after the port, got "${text}"`);
+  const starttls = url.search === '?starttls' && url.protocol === 'imap:';
+  if ((url.pathname && url.pathname !== '/') || (url.search && !starttls) || url.hash) {
+    throw new ConfigError(
+      `--upstream: expected imap://HOST:PORT, imap://HOST:PORT?starttls or imaps://HOST:PORT, got "${text}"`,
+    );
   }
   const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
   if (!host) throw new ConfigError('--upstream: missing host');
-  const port = url.port ? Number(url.port) : 143;
+  const implicit = url.protocol === 'imaps:';
+  const port = url.port ? Number(url.port) : implicit ? 993 : 143;
   if (port < 1) throw new ConfigError('--upstream: port must be 1-65535');
-  return { host, port };
+  return { address: { host, port }, tls: implicit ? 'implicit' : starttls ? 'starttls' : null };
 }
 
 /**
@@ -207,7 +236,7 @@ export function validateConfig(raw: RawConfig): Config {
   if (upstreamConnectTimeoutMs < 1) throw new ConfigError('--upstream-connect-timeout: must be above zero');
   return {
     listen: parseHostPort(raw.listen, '--listen'),
-    upstream: parseUpstream(raw.upstream),
+    ...validateUpstream(raw),
     jmapUrl: jmap.url,
     jmapUrlQuoted: jmap.quoted,
     jmapMechanisms: parseMechanisms(raw.jmapMechanisms),
@@ -250,4 +279,36 @@ function validateClientTls(raw: RawConfig): Pick<Config, 'listenTls' | 'tls' | '
   // With a certificate, plaintext logins are refused unless explicitly allowed.
   const requireTls = tls !== null && (raw.requireTls ?? true);
   return { listenTls, tls, requireTls };
+}
+
+/** The upstream address and how to secure the link to it. */
+function validateUpstream(raw: RawConfig): Pick<Config, 'upstream' | 'upstreamTls'> {
+  const { address, tls } = parseUpstreamUrl(raw.upstream);
+  if (tls === 'implicit' && raw.upstreamStarttls) {
+    throw new ConfigError('--upstream-starttls does not go with imaps:// (which is TLS from the first byte)');
+  }
+  const mode = tls ?? (raw.upstreamStarttls ? 'starttls' : null);
+  if (!mode) {
+    for (const [flag, value] of [
+      ['--upstream-ca', raw.upstreamCa],
+      ['--upstream-servername', raw.upstreamServername],
+      ['--upstream-tls-insecure', raw.upstreamTlsInsecure],
+    ] as const) {
+      if (value) throw new ConfigError(`${flag} needs TLS to the upstream: imaps://, ?starttls or --upstream-starttls`);
+    }
+    return { upstream: address, upstreamTls: null };
+  }
+  let ca: Buffer | null = null;
+  if (raw.upstreamCa) {
+    try {
+      ca = readFileSync(raw.upstreamCa);
+    } catch (err) {
+      throw new ConfigError(`--upstream-ca: cannot read ${raw.upstreamCa}: ${(err as Error).message}`);
+    }
+    if (!ca.includes('-----BEGIN CERTIFICATE-----')) throw new ConfigError(`--upstream-ca: ${raw.upstreamCa} holds no PEM certificate`);
+  }
+  return {
+    upstream: address,
+    upstreamTls: { mode, ca, servername: raw.upstreamServername || null, insecure: raw.upstreamTlsInsecure ?? false },
+  };
 }
