@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { ConfigError, DEFAULT_MAX_LINE_LENGTH, DEFAULT_MECHANISMS, validateConfig, type Config } from './config.js';
+import { ConfigError, DEFAULT_MAX_LINE_LENGTH, describeConfig, DEFAULT_MECHANISMS, validateConfig, type Config } from './config.js';
 import { createLogger } from './logger.js';
 import { ProxyServer } from './server.js';
 import { CertificateError } from './tls.js';
@@ -34,7 +34,17 @@ export function parseArgs(argv: string[]): Config {
       default: '127.0.0.1:1143',
       describe: 'Address to accept IMAP clients on: HOST:PORT, [IPv6]:PORT',
     })
-    .option('upstream', { type: 'string', describe: 'The IMAP server: imap://HOST:PORT (required)' })
+    .option('upstream', {
+      type: 'string',
+      describe: 'The IMAP server (required): imap://HOST:PORT, imap://HOST:PORT?starttls, or imaps://HOST:PORT',
+    })
+    .option('upstream-starttls', { type: 'boolean', describe: 'Run STARTTLS toward an imap:// upstream before relaying anything' })
+    .option('upstream-ca', { type: 'string', describe: 'PEM file of CA certificates to verify the upstream with (default: Node\'s bundled list)' })
+    .option('upstream-servername', { type: 'string', describe: 'Name to verify the upstream certificate against and send as SNI (default: the upstream host)' })
+    .option('upstream-tls-insecure', {
+      type: 'boolean',
+      describe: 'Do not verify the upstream certificate (self-signed labs only; logs a warning)',
+    })
     .option('jmap-url', { type: 'string', describe: 'JMAP session resource URL returned by GETJMAPACCESS (required)' })
     .option('jmap-mechanisms', {
       type: 'string',
@@ -109,6 +119,10 @@ export function parseArgs(argv: string[]): Config {
       listenTls: args['listen-tls'],
       requireTls: args['require-tls'],
       tlsMinVersion: args['tls-min-version'],
+      upstreamStarttls: args['upstream-starttls'],
+      upstreamCa: args['upstream-ca'],
+      upstreamServername: args['upstream-servername'],
+      upstreamTlsInsecure: args['upstream-tls-insecure'],
     });
   } catch (err) {
     if (err instanceof ConfigError) usageError(err.message);
@@ -121,6 +135,9 @@ async function main(): Promise<void> {
   const log = createLogger(config.logLevel);
   if (config.objectId === 'assume') {
     log.warn('--objectid assume: JMAPACCESS is granted even when the upstream does not offer OBJECTID (RFC 9698 requires it)');
+  }
+  if (config.upstreamTls?.insecure) {
+    log.warn('--upstream-tls-insecure: the upstream certificate is not verified; anyone on the path can read the mail');
   }
   if (config.jmapUrl.startsWith('http:')) {
     log.warn({ jmapUrl: config.jmapUrl }, 'the JMAP URL is not https (--allow-insecure-jmap-url); clients would send credentials in clear');
@@ -153,7 +170,7 @@ async function main(): Promise<void> {
     });
   };
   process.on('SIGHUP', () => {
-    log.info({ config: { ...config, jmapMechanisms: [...config.jmapMechanisms] } }, 'SIGHUP: effective configuration');
+    log.info({ config: describeConfig(config) }, 'SIGHUP: effective configuration');
     server.reloadCertificates('SIGHUP');
   });
   process.on('SIGTERM', () => stop('SIGTERM'));

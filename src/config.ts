@@ -312,3 +312,12 @@ function validateUpstream(raw: RawConfig): Pick<Config, 'upstream' | 'upstreamTl
     upstreamTls: { mode, ca, servername: raw.upstreamServername || null, insecure: raw.upstreamTlsInsecure ?? false },
   };
 }
+
+/** The configuration as logged (at start-up and on SIGHUP): no key material, sets as lists. */
+export function describeConfig(config: Config): Record<string, unknown> {
+  return {
+    ...config,
+    jmapMechanisms: [...config.jmapMechanisms],
+    upstreamTls: config.upstreamTls && { ...config.upstreamTls, ca: config.upstreamTls.ca ? 'from --upstream-ca' : 'system' },
+  };
+}

@@ -65,6 +65,7 @@ export class ProxyServer {
         certificates: this.certificates?.describe(),
         requireTls: this.config.requireTls,
         upstream: `${this.config.upstream.host}:${this.config.upstream.port}`,
+        upstreamTls: this.config.upstreamTls?.mode ?? 'none',
         jmapUrl: this.config.jmapUrl,
         jmapMechanisms: [...this.config.jmapMechanisms],
         objectid: this.config.objectId,

@@ -44,6 +44,7 @@ import {
   type SessionFacts,
 } from './jmapaccess.js';
 import { Outbox } from './outbox.js';
+import { openUpstream, type UpstreamError } from './upstream.js';
 import { TLS_HANDSHAKE_TIMEOUT_MS, type CertificateStore } from './tls.js';
 
 export type SessionState = 'not-authenticated' | 'authenticated' | 'selected' | 'logout';
@@ -220,18 +221,50 @@ export class Session {
     this.log.info({ peer: `${client.remoteAddress}:${client.remotePort}`, tls: this.secure }, 'connection opened');
     this.attachClient(client);
 
-    const { host, port } = this.config.upstream;
     const connectStarted = Date.now();
-    const upstream = net.connect({ host, port });
+    const opened = openUpstream(this.config);
+    if (opened instanceof net.Socket) {
+      this.attachUpstream(opened, connectStarted);
+      return;
+    }
+    // STARTTLS toward the upstream: nothing is relayed until it is done.
+    opened.then(
+      ({ socket, preamble }) => {
+        if (this.closing) return void socket.destroy();
+        this.attachUpstream(socket, connectStarted, true);
+        if (preamble) this.onUpstreamData(preamble);
+        this.flush();
+      },
+      (err: UpstreamError) => {
+        this.log.warn({ err: err.message, code: err.code, upstream: this.upstreamName() }, 'upstream connect failed');
+        this.close('upstream unavailable', '* BYE [UNAVAILABLE] The IMAP server is unavailable, try again later\r\n');
+      },
+    );
+  }
+
+  private upstreamName(): string {
+    const { host, port } = this.config.upstream;
+    return `${host}:${port}`;
+  }
+
+  /** Starts relaying from an upstream socket (still connecting, or ready when `ready`). */
+  private attachUpstream(upstream: Socket, connectStarted: number, ready = false): void {
     this.upstream = upstream;
     upstream.setNoDelay(true);
-    upstream.setTimeout(this.config.upstreamConnectTimeoutMs, () => {
+    const secure = this.config.upstreamTls !== null;
+    const onReady = () => {
+      clearTimeout(timer);
+      this.log.info(
+        { upstream: this.upstreamName(), ms: Date.now() - connectStarted, tls: secure ? (upstream as tls.TLSSocket).getProtocol() : undefined },
+        'upstream connected',
+      );
+    };
+    const timer = setTimeout(() => {
       upstream.destroy(new Error(`no connection within ${this.config.upstreamConnectTimeoutMs} ms`));
-    });
-    upstream.once('connect', () => {
-      upstream.setTimeout(0);
-      this.log.info({ upstream: `${host}:${port}`, ms: Date.now() - connectStarted }, 'upstream connected');
-    });
+    }, this.config.upstreamConnectTimeoutMs);
+    timer.unref();
+    if (ready) onReady();
+    else upstream.once(secure ? 'secureConnect' : 'connect', onReady);
     upstream.on('data', (chunk: Buffer) => this.onUpstreamData(chunk));
     upstream.on('end', () => this.onUpstreamEnd());
     upstream.on('error', (err) => this.onSocketError('upstream', err));
@@ -286,7 +319,12 @@ export class Session {
    */
   private updateReading(): void {
     const upstream = this.upstream;
-    if (this.closing || !upstream) return;
+    if (this.closing) return;
+    if (!upstream) {
+      // Nothing can be relayed before the upstream link exists (STARTTLS toward it).
+      if (!this.client.isPaused()) this.client.pause();
+      return;
+    }
     if (this.upgrading) return; // the TLS handshake owns the client socket
     const readClient = !this.clientHeld && !upstream.writableNeedDrain;
     if (readClient === this.client.isPaused()) readClient ? this.client.resume() : this.client.pause();
@@ -334,7 +372,7 @@ export class Session {
 
   private onSocketError(side: 'client' | 'upstream', err: Error & { code?: string }): void {
     if (side === 'upstream' && !this.greeted) {
-      this.log.warn({ err: err.message, code: err.code, upstream: this.config.upstream }, 'upstream connect failed');
+      this.log.warn({ err: err.message, code: err.code, upstream: this.upstreamName() }, 'upstream connect failed');
     } else {
       this.log.debug({ side, err: err.message, code: err.code }, 'socket error');
     }

@@ -36,6 +36,9 @@ function tlsOptions(config: UpstreamConfig, upstreamTls: UpstreamTls): tls.Conne
   const { host } = config.upstream;
   const servername = upstreamTls.servername ?? (net.isIP(host) ? undefined : host);
   return {
+    // `host` matters even over an existing socket (STARTTLS): without it Node
+    // verifies the certificate against "localhost".
+    host,
     ca: upstreamTls.ca ?? undefined,
     servername,
     // Without a servername (an IP address upstream), Node checks the IP against the certificate's IP SANs.

@@ -140,7 +140,7 @@ t.test('usage errors: exit status 2 and a message naming the problem', async (t)
     { name: '--max-line-length 10', args: [...REQUIRED, '--max-line-length', '10'], stderr: /--max-line-length: must be an integer from 1024/ },
     { name: '--max-line-length junk', args: [...REQUIRED, '--max-line-length', 'lots'], stderr: /--max-line-length/ },
     { name: '--log-level loud', args: [...REQUIRED, '--log-level', 'loud'], stderr: /log-level.*loud/s },
-    { name: 'imaps upstream', args: ['--upstream', 'imaps://127.0.0.1:993', '--jmap-url', JMAP], stderr: /imaps:\/\/ .*not supported/ },
+    { name: 'upstream URL with a query', args: ['--upstream', 'imap://127.0.0.1:143?tls', '--jmap-url', JMAP], stderr: /--upstream: expected imap:\/\/HOST:PORT/ },
     { name: 'bad --listen', args: [...REQUIRED, '--listen', 'nowhere'], stderr: /--listen: expected HOST:PORT/ },
     { name: 'bad --upstream-connect-timeout', args: [...REQUIRED, '--upstream-connect-timeout', 'soon'], stderr: /--upstream-connect-timeout/ },
     { name: 'bad --jmap-mechanisms', args: [...REQUIRED, '--jmap-mechanisms', 'PLAIN,A B'], stderr: /--jmap-mechanisms: "A B"/ },

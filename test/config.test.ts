@@ -12,6 +12,7 @@ import {
   parseDuration,
   parseHostPort,
   parseUpstream,
+  parseUpstreamUrl,
   validateConfig,
   validateJmapUrl,
   type RawConfig,
@@ -61,17 +62,40 @@ t.test('parseUpstream: imap://HOST:PORT', async (t) => {
   t.same(parseUpstream('IMAP://mail.example.test:10143'), { host: 'mail.example.test', port: 10143 }, 'the scheme is case-insensitive');
 });
 
+t.test('parseUpstreamUrl: TLS modes and default ports', async (t) => {
+  t.same(parseUpstreamUrl('imaps://mail.example.test'), { address: { host: 'mail.example.test', port: 993 }, tls: 'implicit' });
+  t.same(parseUpstreamUrl('imap://mail.example.test?starttls'), { address: { host: 'mail.example.test', port: 143 }, tls: 'starttls' });
+  t.same(parseUpstreamUrl('imap://127.0.0.1:1143'), { address: { host: '127.0.0.1', port: 1143 }, tls: null });
+});
+
+t.test('validateConfig: upstream TLS flags', async (t) => {
+  const base = { listen: '127.0.0.1:1143', jmapUrl: JMAP };
+  t.same(validateConfig({ ...base, upstream: 'imap://h:143', upstreamStarttls: true }).upstreamTls, {
+    mode: 'starttls',
+    ca: null,
+    servername: null,
+    insecure: false,
+  });
+  t.throws(() => validateConfig({ ...base, upstream: 'imaps://h', upstreamStarttls: true }), { message: /does not go with imaps/ });
+  t.throws(() => validateConfig({ ...base, upstream: 'imap://h', upstreamTlsInsecure: true }), {
+    message: /^--upstream-tls-insecure needs TLS to the upstream/,
+  });
+  t.throws(() => validateConfig({ ...base, upstream: 'imaps://h', upstreamCa: '/nonexistent/ca.pem' }), {
+    message: /^--upstream-ca: cannot read \/nonexistent\/ca.pem/,
+  });
+});
+
 t.test('parseUpstream: refusals', async (t) => {
   const cases: Array<[string, RegExp]> = [
-    ['imaps://mail.example.test:993', /^--upstream: imaps:\/\/ \(TLS to the upstream\) is not supported yet/],
-    ['mail.example.test:143', /^--upstream: scheme must be imap:\/\/, got "mail.example.test:\/\/"$/],
+    ['mail.example.test:143', /^--upstream: scheme must be imap:\/\/ or imaps:\/\/, got "mail.example.test:\/\/"$/],
     ['127.0.0.1:143', /^--upstream: "127.0.0.1:143" is not a URL; expected imap:\/\/HOST:PORT$/],
-    ['http://mail.example.test', /^--upstream: scheme must be imap:\/\/, got "http:\/\/"$/],
+    ['http://mail.example.test', /^--upstream: scheme must be imap:\/\/ or imaps:\/\/, got "http:\/\/"$/],
     ['imap://user:pw@mail.example.test', /^--upstream: must not contain credentials$/],
     ['imap://user@mail.example.test', /^--upstream: must not contain credentials$/],
-    ['imap://mail.example.test/INBOX', /^--upstream: expected imap:\/\/HOST:PORT with nothing after the port/],
-    ['imap://mail.example.test?x=1', /^--upstream: expected imap:\/\/HOST:PORT with nothing after the port/],
-    ['imap://mail.example.test#f', /^--upstream: expected imap:\/\/HOST:PORT with nothing after the port/],
+    ['imap://mail.example.test/INBOX', /^--upstream: expected imap:\/\/HOST:PORT, imap:\/\/HOST:PORT\?starttls or imaps:\/\/HOST:PORT/],
+    ['imap://mail.example.test?x=1', /^--upstream: expected imap:\/\/HOST:PORT, imap:\/\/HOST:PORT\?starttls/],
+    ['imaps://mail.example.test?starttls', /^--upstream: expected imap:\/\/HOST:PORT, imap:\/\/HOST:PORT\?starttls/],
+    ['imap://mail.example.test#f', /^--upstream: expected imap:\/\/HOST:PORT, imap:\/\/HOST:PORT\?starttls/],
     ['imap://mail.example.test:0', /^--upstream: port must be 1-65535$/],
     ['imap://mail.example.test:70000', /not a URL/],
     ['imap:///', /^--upstream: missing host$/],
@@ -269,7 +293,7 @@ t.test('validateConfig: refusals', async (t) => {
     ['mechanism too long', { jmapMechanisms: 'A'.repeat(21) }, `--jmap-mechanisms: "${'A'.repeat(21)}" is not a SASL mechanism name`],
     ['mechanism with punctuation', { jmapMechanisms: ['PLAIN', 'X=Y'] }, '--jmap-mechanisms: "X=Y" is not a SASL mechanism name'],
     ['mechanism non-ASCII', { jmapMechanisms: 'PL\u00c4IN' }, /^--jmap-mechanisms: "PL\u00c4IN" is not a SASL mechanism name$/],
-    ['imaps upstream', { upstream: 'imaps://mail.example.test' }, /^--upstream: imaps:\/\/ .* is not supported yet/],
+    ['starttls with imaps upstream', { upstream: 'imaps://mail.example.test', upstreamStarttls: true }, /^--upstream-starttls does not go with imaps:\/\//],
     ['http jmap url', { jmapUrl: 'http://jmap.example.test/' }, /use --allow-insecure-jmap-url/],
     ['relative jmap url', { jmapUrl: '/jmap' }, '--jmap-url: "/jmap" is not an absolute URL'],
     ['zero connect timeout', { upstreamConnectTimeout: '0' }, '--upstream-connect-timeout: must be above zero'],
