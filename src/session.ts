@@ -236,7 +236,7 @@ export class Session {
         this.flush();
       },
       (err: UpstreamError) => {
-        this.log.warn({ err: err.message, code: err.code, upstream: this.upstreamName() }, 'upstream connect failed');
+        this.log.warn({ err: err.message, code: err.code, upstream: this.config.upstream }, 'upstream connect failed');
         this.close('upstream unavailable', '* BYE [UNAVAILABLE] The IMAP server is unavailable, try again later\r\n');
       },
     );
@@ -372,7 +372,7 @@ export class Session {
 
   private onSocketError(side: 'client' | 'upstream', err: Error & { code?: string }): void {
     if (side === 'upstream' && !this.greeted) {
-      this.log.warn({ err: err.message, code: err.code, upstream: this.upstreamName() }, 'upstream connect failed');
+      this.log.warn({ err: err.message, code: err.code, upstream: this.config.upstream }, 'upstream connect failed');
     } else {
       this.log.debug({ side, err: err.message, code: err.code }, 'socket error');
     }
