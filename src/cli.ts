@@ -89,6 +89,11 @@ export function parseArgs(argv: string[]): Config {
       default: 'TLSv1.2',
       describe: 'Oldest TLS version accepted from clients',
     })
+    .option('compress', {
+      type: 'boolean',
+      default: true,
+      describe: 'Offer COMPRESS=DEFLATE to logged-in clients (--no-compress to turn off)',
+    })
     .option('log-level', {
       type: 'string',
       choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
@@ -123,6 +128,7 @@ export function parseArgs(argv: string[]): Config {
       upstreamCa: args['upstream-ca'],
       upstreamServername: args['upstream-servername'],
       upstreamTlsInsecure: args['upstream-tls-insecure'],
+      compress: args.compress,
     });
   } catch (err) {
     if (err instanceof ConfigError) usageError(err.message);

@@ -37,6 +37,8 @@ export interface Config {
   readonly tls: ClientTlsConfig | null;
   /** Refuse LOGIN/AUTHENTICATE on a plain client link until STARTTLS. */
   readonly requireTls: boolean;
+  /** Offer COMPRESS=DEFLATE to logged-in clients (RFC 4978). */
+  readonly compress: boolean;
 }
 
 export interface UpstreamTls {
@@ -86,6 +88,7 @@ export interface RawConfig {
   upstreamCa?: string;
   upstreamServername?: string;
   upstreamTlsInsecure?: boolean;
+  compress?: boolean;
 }
 
 export const DEFAULT_MECHANISMS = ['LOGIN', 'PLAIN', 'OAUTHBEARER', 'XOAUTH2'] as const;
@@ -246,6 +249,7 @@ export function validateConfig(raw: RawConfig): Config {
     upstreamConnectTimeoutMs,
     logLevel,
     ...validateClientTls(raw),
+    compress: raw.compress ?? true,
   };
 }
 

@@ -8,7 +8,7 @@
  * possible.
  */
 
-import type { Socket } from 'node:net';
+import type { Writable } from 'node:stream';
 
 export class Outbox {
   private buffers: Buffer[] = [];
@@ -32,18 +32,23 @@ export class Outbox {
     this.buffers.push(buffer);
   }
 
-  /** Writes everything queued to `socket` (if it is still writable) and empties the box. */
-  flushTo(socket: Socket): void {
+  /**
+   * Writes everything queued to `target` (a socket, or the compressor in
+   * front of one) if it is still writable, and empties the box. Returns
+   * whether anything was written.
+   */
+  flushTo(target: Writable): boolean {
     const buffers = this.buffers;
-    if (buffers.length === 0) return;
+    if (buffers.length === 0) return false;
     this.buffers = [];
-    if (socket.destroyed || socket.writableEnded) return;
+    if (target.destroyed || target.writableEnded) return false;
     if (buffers.length === 1) {
-      socket.write(buffers[0] as Buffer);
-      return;
+      target.write(buffers[0] as Buffer);
+      return true;
     }
-    socket.cork();
-    for (const buffer of buffers) socket.write(buffer);
-    socket.uncork();
+    target.cork();
+    for (const buffer of buffers) target.write(buffer);
+    target.uncork();
+    return true;
   }
 }

@@ -19,6 +19,7 @@
 import type { Socket } from 'node:net';
 import net from 'node:net';
 import tls from 'node:tls';
+import zlib from 'node:zlib';
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
 import { Framer, type FramerError } from './imap/framer.js';
@@ -126,6 +127,10 @@ export class Session {
   private secure: boolean;
   /** True between the STARTTLS reply and the end of the TLS handshake. */
   private upgrading = false;
+  /** COMPRESS=DEFLATE (RFC 4978) on the client link, once the client asked for it. */
+  private compression: { readonly inflate: zlib.InflateRaw; readonly deflate: zlib.DeflateRaw } | null = null;
+  /** Set by the COMPRESS command; compression starts once its OK is written. */
+  private compressionStarting = false;
   private upstream: Socket | null = null;
   private readonly config: Config;
   private readonly log: Logger;
@@ -289,6 +294,17 @@ export class Session {
 
   private onClientData(chunk: Buffer): void {
     if (this.closing) return;
+    if (this.compression) {
+      this.compression.inflate.write(chunk);
+      return;
+    }
+    this.clientFramer.push(chunk);
+    this.flush();
+  }
+
+  /** Decompressed client input. */
+  private onInflated(chunk: Buffer): void {
+    if (this.closing) return;
     this.clientFramer.push(chunk);
     this.flush();
   }
@@ -307,9 +323,52 @@ export class Session {
 
   private flush(): void {
     if (this.closed) return;
-    this.toClient.flushTo(this.client);
+    if (this.compressionStarting) this.startCompression();
+    this.flushToClient();
     if (this.upstream) this.toUpstream.flushTo(this.upstream);
     this.updateReading();
+  }
+
+  /**
+   * Writes what is queued for the client. With compression, each flush ends
+   * with a sync flush, so that every response leaves the proxy whole instead
+   * of waiting in the compressor for more data.
+   */
+  private flushToClient(): void {
+    const compression = this.compression;
+    if (!compression) return void this.toClient.flushTo(this.client);
+    if (this.toClient.flushTo(compression.deflate)) compression.deflate.flush(zlib.constants.Z_SYNC_FLUSH);
+  }
+
+  /** The client side's write buffers are full (the socket's, or the compressor's). */
+  private clientOutputFull(): boolean {
+    return this.client.writableNeedDrain || (this.compression?.deflate.writableNeedDrain ?? false);
+  }
+
+  /**
+   * RFC 4978: the OK is the last uncompressed response, and every byte the
+   * client sent after its COMPRESS command is already compressed.
+   */
+  private startCompression(): void {
+    this.compressionStarting = false;
+    this.toClient.flushTo(this.client);
+    const inflate = zlib.createInflateRaw();
+    const deflate = zlib.createDeflateRaw({ level: zlib.constants.Z_DEFAULT_COMPRESSION });
+    this.compression = { inflate, deflate };
+    deflate.pipe(this.client);
+    deflate.on('drain', () => this.updateReading());
+    inflate.on('data', (chunk: Buffer) => this.onInflated(chunk));
+    for (const stream of [inflate, deflate]) {
+      stream.on('error', (err) => {
+        this.log.info({ err: err.message }, 'compression error');
+        this.close('compression error');
+        this.client.destroy();
+      });
+    }
+    this.log.debug('COMPRESS=DEFLATE active');
+    const rest = this.clientFramer.takePending();
+    this.clientFramer.resume();
+    if (rest) inflate.write(rest);
   }
 
   /**
@@ -328,7 +387,10 @@ export class Session {
     if (this.upgrading) return; // the TLS handshake owns the client socket
     const readClient = !this.clientHeld && !upstream.writableNeedDrain;
     if (readClient === this.client.isPaused()) readClient ? this.client.resume() : this.client.pause();
-    const readUpstream = !this.client.writableNeedDrain;
+    // A paused inflater also bounds what a small compressed input can expand to.
+    const inflate = this.compression?.inflate;
+    if (inflate && readClient === inflate.isPaused()) readClient ? inflate.resume() : inflate.pause();
+    const readUpstream = !this.clientOutputFull();
     if (readUpstream === upstream.isPaused()) readUpstream ? upstream.resume() : upstream.pause();
   }
 
@@ -407,8 +469,10 @@ export class Session {
     this.upstream?.resume();
     if (bye && this.serverFramer.atMessageBoundary && !this.held) this.toClient.push(Buffer.from(bye, 'latin1'));
     if (!this.client.destroyed) {
-      this.toClient.flushTo(this.client);
-      this.client.end();
+      this.flushToClient();
+      // With compression the deflater ends the client socket when it has written its last bytes.
+      if (this.compression) this.compression.deflate.end();
+      else this.client.end();
       setTimeout(() => this.client.destroy(), CLOSE_FLUSH_MS).unref();
     }
     if (this.upstream && !this.upstream.destroyed) {
@@ -456,9 +520,9 @@ export class Session {
     const head = parseCommandHead(line);
     if (!head) return this.onInvalidCommand(line, literal);
     this.invalidCommands = 0;
-    if (LOCAL_COMMANDS.has(head.name)) return this.onLocalCommand(head, literal);
+    if (LOCAL_COMMANDS.has(head.name)) return this.onLocalCommand(line, head, literal);
     if (LOGIN_COMMANDS.has(head.name) && this.config.requireTls && !this.secure) {
-      return this.onLocalCommand(head, literal);
+      return this.onLocalCommand(line, head, literal);
     }
     this.forwardCommand(line, head, literal);
   }
@@ -580,7 +644,7 @@ export class Session {
     return this.greeted && this.inFlight.length === 0 && this.serverFramer.atMessageBoundary && this.held === null;
   }
 
-  private onLocalCommand(head: CommandHead, literal: LiteralAnnouncement | null): void {
+  private onLocalCommand(line: Buffer, head: CommandHead, literal: LiteralAnnouncement | null): void {
     if (!this.canReplyLocally()) return this.holdClientLine();
     const hasArguments = literal !== null || head.argsStart < head.end;
     let reply: string;
@@ -608,10 +672,16 @@ export class Session {
       reply = `${head.tag} NO [PRIVACYREQUIRED] Use STARTTLS before logging in\r\n`;
       this.log.info({ tag: head.tag, command: head.name }, 'login refused before STARTTLS');
     } else {
-      // COMPRESS would change the client link, which the proxy does not
-      // compress yet; the upstream must not see it either.
-      reply = `${head.tag} NO ${head.name} is not available through this proxy\r\n`;
-      this.log.debug({ tag: head.tag, command: head.name }, 'refused locally');
+      // COMPRESS: the proxy compresses the client link itself; the upstream
+      // link stays as it is and never sees the command.
+      const refusal = this.compressRefusal(line, head, literal);
+      if (refusal === null) {
+        this.toClient.push(Buffer.from(`${head.tag} OK DEFLATE active\r\n`, 'latin1'));
+        this.compressionStarting = true;
+        this.clientFramer.pause();
+        return;
+      }
+      reply = `${head.tag} ${refusal}\r\n`;
     }
     if (literal && !literal.synchronizing) {
       // The client sends the rest of the command without waiting: drop it, then reply.
@@ -621,6 +691,15 @@ export class Session {
     this.toClient.push(Buffer.from(reply, 'latin1'));
     // A refused synchronizing literal is never sent.
     if (literal) this.clientFramer.cancelLiteral();
+  }
+
+  private compressRefusal(line: Buffer, head: CommandHead, literal: LiteralAnnouncement | null): string | null {
+    if (!this.config.compress) return 'NO COMPRESS is not available through this proxy';
+    if (this.compression) return 'NO [COMPRESSIONACTIVE] DEFLATE is already active';
+    if (this.state !== 'authenticated' && this.state !== 'selected') return 'BAD COMPRESS is valid only after login';
+    const mechanism = literal ? '' : atomsAfter(line, head.argsStart, head.end).join(' ').toUpperCase();
+    if (mechanism !== 'DEFLATE') return 'BAD Unsupported compression mechanism; use COMPRESS DEFLATE';
+    return null;
   }
 
   private startTlsRefusal(hasArguments: boolean): string | null {
@@ -869,6 +948,7 @@ export class Session {
         jmapAccess: decision.grant,
         startTls: tlsPossible && this.state === 'not-authenticated',
         loginDisabled: tlsPossible && this.config.requireTls,
+        compress: this.config.compress && this.state !== 'not-authenticated' && this.compression === null,
       }),
     );
   }

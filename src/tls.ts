@@ -7,7 +7,7 @@
  * key that does not match) is logged and the previous certificates stay.
  */
 
-import { readFileSync, unwatchFile, watchFile } from 'node:fs';
+import { readFileSync, unwatchFile, watchFile, type Stats } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
@@ -36,7 +36,8 @@ export class CertificateStore {
   private readonly log: Logger;
   private loaded: LoadedCertificate[];
   private readonly listeners = new Set<() => void>();
-  private watching = false;
+  /** The file watchers this store added (unwatchFile without its listener would remove everyone's). */
+  private readonly watchers = new Map<string, (current: Stats, previous: Stats) => void>();
 
   /** Loads every certificate now; throws CertificateError when one cannot be used. */
   constructor(config: ClientTlsConfig, log: Logger) {
@@ -91,21 +92,21 @@ export class CertificateStore {
 
   /** Reloads when a certificate or key file changes. */
   watch(): void {
-    if (this.watching) return;
-    this.watching = true;
+    if (this.watchers.size > 0) return;
     for (const file of this.files()) {
-      watchFile(file, { interval: WATCH_INTERVAL_MS, persistent: false }, (current, previous) => {
+      const listener = (current: Stats, previous: Stats) => {
         if (current.mtimeMs !== previous.mtimeMs || current.size !== previous.size || current.ino !== previous.ino) {
           this.reload(`${file} changed`);
         }
-      });
+      };
+      this.watchers.set(file, listener);
+      watchFile(file, { interval: WATCH_INTERVAL_MS, persistent: false }, listener);
     }
   }
 
   unwatch(): void {
-    if (!this.watching) return;
-    this.watching = false;
-    for (const file of this.files()) unwatchFile(file);
+    for (const [file, listener] of this.watchers) unwatchFile(file, listener);
+    this.watchers.clear();
   }
 
   private files(): string[] {

@@ -281,7 +281,7 @@ async function checkAlive(t: Test, r: Rig): Promise<void> {
 
 /** What the proxy or the fake server may say to a client sending garbage. */
 const CLIENT_SIDE_LINE =
-  /^(\+ go ahead|\* BAD \[CLIENTBUG\] Invalid command line: expected "tag command"|\* BAD fake server: not a command|\* BYE \[(CLIENTBUG|LIMIT|UNAVAILABLE)\] [^\r\n]*|\S+ BAD fake server: unknown command|\S+ NO (STARTTLS|COMPRESS) is not available through this proxy|\S+ BAD GETJMAPACCESS (takes no arguments|is valid only after authentication))\r\n$/;
+  /^(\+ go ahead|\* BAD \[CLIENTBUG\] Invalid command line: expected "tag command"|\* BAD fake server: not a command|\* BYE \[(CLIENTBUG|LIMIT|UNAVAILABLE)\] [^\r\n]*|\S+ BAD fake server: unknown command|\S+ NO (STARTTLS|COMPRESS) is not available through this proxy|\S+ BAD COMPRESS is valid only after login|\S+ BAD GETJMAPACCESS (takes no arguments|is valid only after authentication))\r\n$/;
 
 t.test('(b) garbage from the client: forwarded, BAD, or BYE; always ends; the proxy lives on', async (t) => {
   const r = await rig(t);

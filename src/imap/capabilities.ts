@@ -5,7 +5,8 @@
  * The proxy owns JMAPACCESS (its own decision replaces anything the upstream
  * says) and everything about the client link itself: STARTTLS, COMPRESS=*,
  * and, while TLS is required but not active, LOGINDISABLED in place of the
- * AUTH= mechanisms (RFC 9051 section 6.2.3).
+ * AUTH= mechanisms (RFC 9051 section 6.2.3). COMPRESS=DEFLATE is offered by
+ * the proxy for the client link only; the upstream's own offer is hidden.
  */
 
 export const JMAPACCESS = 'JMAPACCESS';
@@ -17,6 +18,8 @@ export interface CapabilityOffer {
   readonly startTls: boolean;
   /** Add LOGINDISABLED and hide AUTH=: logins wait for TLS. */
   readonly loginDisabled: boolean;
+  /** Add COMPRESS=DEFLATE: the proxy compresses this link on request (RFC 4978). */
+  readonly compress: boolean;
 }
 
 /** Capabilities removed from every list the upstream sends. */
@@ -40,6 +43,7 @@ export function rewriteCapabilities(atoms: readonly string[], offer: CapabilityO
   });
   if (offer.startTls) kept.push('STARTTLS');
   if (offer.loginDisabled) kept.push('LOGINDISABLED');
+  if (offer.compress) kept.push('COMPRESS=DEFLATE');
   if (offer.jmapAccess) kept.push(JMAPACCESS);
   return kept;
 }

@@ -116,6 +116,16 @@ export class Framer {
     this.partialLength = 0;
   }
 
+  /**
+   * Takes the input received but not framed yet, while paused: the link
+   * changed under it (COMPRESS), and those bytes must be decoded first.
+   */
+  takePending(): Buffer | null {
+    const pending = this.pending;
+    this.pending = null;
+    return pending;
+  }
+
   /** From inside `line()`: do not consume this line; pause and replay it on resume(). */
   deferLine(): void {
     this.deferRequested = true;

@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { hasCapability, isProxyOwned, JMAPACCESS, rewriteCapabilities, type CapabilityOffer } from '../../src/imap/capabilities.js';
 
 /** The offer of a plain-text link without TLS support: only the JMAPACCESS decision varies. */
-const jmapOnly = (jmapAccess: boolean): CapabilityOffer => ({ jmapAccess, startTls: false, loginDisabled: false });
+const jmapOnly = (jmapAccess: boolean): CapabilityOffer => ({ jmapAccess, startTls: false, loginDisabled: false, compress: false });
 
 t.test('isProxyOwned: JMAPACCESS, STARTTLS and COMPRESS=*, in any case', async (t) => {
   for (const atom of ['JMAPACCESS', 'jmapaccess', 'JmapAccess', 'STARTTLS', 'starttls', 'COMPRESS=DEFLATE', 'compress=deflate', 'COMPRESS=ZSTD']) {
@@ -78,14 +78,22 @@ t.test('rewriteCapabilities: property', async (t) => {
 t.test('rewriteCapabilities: STARTTLS and LOGINDISABLED are the proxy\'s offer, not the upstream\'s', async (t) => {
   const upstream = ['IMAP4rev1', 'STARTTLS', 'AUTH=PLAIN', 'AUTH=LOGIN', 'SASL-IR', 'LOGINDISABLED'];
   t.same(
-    rewriteCapabilities(upstream, { jmapAccess: false, startTls: true, loginDisabled: true }),
+    rewriteCapabilities(upstream, { jmapAccess: false, startTls: true, loginDisabled: true, compress: false }),
     ['IMAP4rev1', 'SASL-IR', 'STARTTLS', 'LOGINDISABLED'],
     'TLS required and possible: AUTH= hidden, LOGINDISABLED once, STARTTLS offered',
   );
   t.same(
-    rewriteCapabilities(upstream, { jmapAccess: false, startTls: false, loginDisabled: false }),
+    rewriteCapabilities(upstream, { jmapAccess: false, startTls: false, loginDisabled: false, compress: false }),
     ['IMAP4rev1', 'AUTH=PLAIN', 'AUTH=LOGIN', 'SASL-IR', 'LOGINDISABLED'],
     'without TLS duties the upstream\'s own LOGINDISABLED passes through',
   );
-  t.same(rewriteCapabilities(['IMAP4rev1'], { jmapAccess: true, startTls: true, loginDisabled: false }), ['IMAP4rev1', 'STARTTLS', 'JMAPACCESS']);
+  t.same(rewriteCapabilities(['IMAP4rev1'], { jmapAccess: true, startTls: true, loginDisabled: false, compress: false }), ['IMAP4rev1', 'STARTTLS', 'JMAPACCESS']);
+});
+
+t.test('rewriteCapabilities: COMPRESS=DEFLATE is the proxy\'s own offer', async (t) => {
+  t.same(
+    rewriteCapabilities(['IMAP4rev1', 'COMPRESS=DEFLATE', 'COMPRESS=ZSTD', 'IDLE'], { jmapAccess: true, startTls: false, loginDisabled: false, compress: true }),
+    ['IMAP4rev1', 'IDLE', 'COMPRESS=DEFLATE', 'JMAPACCESS'],
+    'the upstream\'s offers are replaced by exactly one COMPRESS=DEFLATE',
+  );
 });

@@ -163,7 +163,10 @@ export function statusLine(line: string | undefined): { tag: string; status: str
 
 /** A proxy in front of the given upstream port, closed in t.teardown. */
 export async function proxyFor(t: Test, upstreamPort: number, options: ProxyOptions = {}): Promise<RunningProxy> {
-  const proxy = await startProxy({ upstreamPort, ...options });
+  // These tests are about framing and the RFC 9698 decision, and assert on
+  // exact capability lists: the proxy's own COMPRESS=DEFLATE offer is off
+  // unless a test turns it on (test/integration/compress.test.ts, mbsync).
+  const proxy = await startProxy({ upstreamPort, compress: false, ...options });
   t.teardown(() => proxy.close());
   return proxy;
 }
