@@ -12,9 +12,10 @@
  * STARTTLS login as a control).
  */
 
+import { ensureBuilt } from '../harness/build.js';
 import t, { type Test } from 'tap';
 import tls from 'node:tls';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { copyFileSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -59,11 +60,7 @@ let proxyCert: IssuedCertificate;
 let dovecot: Dovecot;
 
 t.before(async () => {
-  const build = spawnSync(process.execPath, [path.join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], {
-    cwd: ROOT,
-    encoding: 'utf8',
-  });
-  if (build.status !== 0) throw new Error(`build failed: ${build.stdout}${build.stderr}`);
+  ensureBuilt();
   ca = makeTestCa();
   proxyCert = ca.issue('proxy', ['localhost', '127.0.0.1']);
   const dovecotCert = ca.issue('dovecot', ['localhost', '127.0.0.1']);
