@@ -201,10 +201,6 @@ export class Session {
     );
   }
 
-  get sessionState(): SessionState {
-    return this.state;
-  }
-
   /** Counters for tests and operators: state, bytes moved, bytes queued for writing. */
   snapshot(): SessionSnapshot {
     return {
@@ -781,7 +777,6 @@ export class Session {
       this.log.warn('client announced an impossible literal');
       this.close('invalid literal', '* BYE [CLIENTBUG] Invalid literal size\r\n');
     }
-    this.flush();
   }
 
   // -------------------------------------------------------- upstream → client
@@ -906,7 +901,6 @@ export class Session {
   private onServerFramingError(kind: FramerError): void {
     this.log.warn({ kind, limit: this.config.maxLineLength }, 'upstream sent an invalid response');
     this.close('upstream protocol error', '* BYE [UNAVAILABLE] The IMAP server sent an invalid response\r\n');
-    this.flush();
   }
 
   /** Writes a server line to the client, or keeps it while responses are held. */

@@ -14,7 +14,8 @@
  * imapd.conf, cyrus.conf, the sasldb, the config directory, the mail spool
  * and master.log, then runs the Cyrus master in the foreground, in its own
  * process group, with:
- *   127.0.0.1:port       plain IMAP (no TLS configured, so no STARTTLS)
+ *   127.0.0.1:port       plain IMAP (no STARTTLS unless opts.tls is given)
+ *   127.0.0.1:tlsPort    IMAP over TLS (imapd -s), only with opts.tls
  *   127.0.0.1:httpPort   HTTP with JMAP (RFC 8620/8621), Basic auth
  *   dir/conf/socket/lmtp LMTP for delivering test mail
  *
@@ -35,6 +36,7 @@ import {
   chmod,
   chown,
   constants as fsConstants,
+  copyFile,
   mkdir,
   mkdtemp,
   open,
@@ -62,12 +64,20 @@ export interface CyrusOptions {
   extraConfig?: Record<string, string>;
   /** where Cyrus is (or gets) unpacked; default CYRUS_DEFAULT_PREFIX (/opt/cyrus-root) */
   prefix?: string;
+  /**
+   * A server certificate and key (PEM): Cyrus then also listens with
+   * implicit TLS on tlsPort, and the plain port offers STARTTLS (LOGIN stays
+   * allowed without TLS). The files are copied into the instance directory.
+   */
+  tls?: { certFile: string; keyFile: string };
 }
 
 export interface Cyrus {
   host: string;
-  /** plain IMAP */
+  /** plain IMAP (offers STARTTLS when started with tls) */
   port: number;
+  /** IMAP over TLS from the first byte (imaps), or null when started without tls */
+  tlsPort: number | null;
   /** HTTP: JMAP at /jmap/, session resource at /.well-known/jmap (301 to /jmap) */
   httpPort: number;
   /** http://127.0.0.1:HTTPPORT/.well-known/jmap */
@@ -761,6 +771,7 @@ class Instance implements Cyrus {
     readonly dir: string,
     readonly tag: string,
     readonly port: number,
+    readonly tlsPort: number | null,
     readonly httpPort: number,
     readonly users: Record<string, string>,
     /** size of SYSLOG_FILE when the instance was created: its lines come after */
@@ -827,7 +838,7 @@ class Instance implements Cyrus {
   }
 
   /**
-   * 'ok' once the master itself holds the listening sockets of both ports;
+   * 'ok' once the master itself holds the listening sockets of all its ports;
    * 'foreign' if somebody else listens on one of them (freePort() raced with
    * another test: Cyrus then logs "Address already in use" and just runs
    * without that service); 'waiting' otherwise.
@@ -837,7 +848,8 @@ class Instance implements Cyrus {
     if (pid === undefined || this.exited) return 'waiting';
     // Listeners first, the master's fds second: a socket the master binds in
     // between is then seen as missing ('waiting'), never as 'foreign'.
-    const listening = await Promise.all([this.port, this.httpPort].map((p) => listenInodes(p)));
+    const ports = [this.port, this.httpPort, ...(this.tlsPort === null ? [] : [this.tlsPort])];
+    const listening = await Promise.all(ports.map((p) => listenInodes(p)));
     const mine = await socketInodes(pid);
     if (listening.some((inodes) => inodes.size > 0 && ![...inodes].some((i) => mine.has(i)))) return 'foreign';
     return listening.every((inodes) => inodes.size > 0) ? 'ok' : 'waiting';
@@ -976,8 +988,18 @@ async function runAs(): Promise<RunAs> {
   return { user: name, group, uid: Number(uid), gid: Number(gid) };
 }
 
+/** Where startCyrus() puts its copies of opts.tls's files. */
+const tlsFiles = (dir: string) => ({ cert: `${dir}/etc/server.crt`, key: `${dir}/etc/server.key` });
+
 /** imapd.conf as ordered [key, value] pairs; comments are keys starting with '#'. */
-function imapdConf(dir: string, tag: string, as: RunAs): [string, string][] {
+function imapdConf(dir: string, tag: string, as: RunAs, tls: boolean): [string, string][] {
+  const tlsEntries: [string, string][] = tls
+    ? [
+        ['# TLS: imapd -s on the imaps port, STARTTLS on the plain one (allowplaintext keeps LOGIN without it)', ''],
+        ['tls_server_cert', tlsFiles(dir).cert],
+        ['tls_server_key', tlsFiles(dir).key],
+      ]
+    : [];
   return [
     ['# paths: everything inside the private directory', ''],
     ['configdirectory', `${dir}/conf`],
@@ -1019,6 +1041,7 @@ function imapdConf(dir: string, tag: string, as: RunAs): [string, string][] {
     ['statuscache', 'no'],
     ['expunge_mode', 'immediate'],
     ['delete_mode', 'immediate'],
+    ...tlsEntries,
   ];
 }
 
@@ -1042,9 +1065,10 @@ function renderImapdConf(entries: [string, string][], extra: Record<string, stri
   return lines.join('\n') + '\n';
 }
 
-function cyrusConf(p: { prefix: string; dir: string; port: number; httpPort: number }): string {
+function cyrusConf(p: { prefix: string; dir: string; port: number; tlsPort: number | null; httpPort: number }): string {
   const b = binDir(p.prefix);
   const c = `${p.dir}/etc/imapd.conf`;
+  const imaps = p.tlsPort === null ? '' : `  imaps         cmd="${b}/imapd -s -C ${c}"  listen="127.0.0.1:${p.tlsPort}" prefork=0\n`;
   // Every command carries `-C conf`: that is also how instancePidsSync()
   // recognises this instance's processes.
   return `# generated by test/harness/cyrus.ts
@@ -1053,7 +1077,7 @@ START {
 }
 SERVICES {
   imap          cmd="${b}/imapd -C ${c}"  listen="127.0.0.1:${p.port}" prefork=1
-  http          cmd="${b}/httpd -C ${c}"  listen="127.0.0.1:${p.httpPort}" prefork=0
+${imaps}  http          cmd="${b}/httpd -C ${c}"  listen="127.0.0.1:${p.httpPort}" prefork=0
   lmtpunix      cmd="${b}/lmtpd -C ${c}"  listen="${p.dir}/conf/socket/lmtp" prefork=0
 }
 EVENTS {
@@ -1104,10 +1128,18 @@ export async function startCyrus(opts: CyrusOptions = {}): Promise<Cyrus> {
       await runOk(SASLPASSWD2, ['-p', '-c', '-f', `${dir}/sasldb2`, '-u', SERVERNAME, u], { input: pw });
     }
     await chmod(`${dir}/sasldb2`, 0o640);
+    const tls = opts.tls ? tlsFiles(dir) : null;
+    if (opts.tls && tls) {
+      await copyFile(opts.tls.certFile, tls.cert);
+      await copyFile(opts.tls.keyFile, tls.key);
+      await chmod(tls.cert, 0o644);
+      await chmod(tls.key, 0o600);
+    }
     if (isRoot()) {
       await chownTree(`${dir}/conf`, as.uid, as.gid);
       await chown(`${dir}/spool`, as.uid, as.gid);
       await chown(`${dir}/sasldb2`, as.uid, as.gid);
+      if (tls) for (const f of [tls.cert, tls.key]) await chown(f, as.uid, as.gid);
     }
     const syslogOffset = await fileSize(SYSLOG_FILE);
 
@@ -1115,9 +1147,11 @@ export async function startCyrus(opts: CyrusOptions = {}): Promise<Cyrus> {
       const port = await freePort();
       let httpPort = await freePort();
       while (httpPort === port) httpPort = await freePort();
-      const conf = renderImapdConf(imapdConf(dir, tag, as), extra);
+      let tlsPort: number | null = null;
+      while (tls && (tlsPort === null || tlsPort === port || tlsPort === httpPort)) tlsPort = await freePort();
+      const conf = renderImapdConf(imapdConf(dir, tag, as, tls !== null), extra);
       await writeFile(`${dir}/etc/imapd.conf`, conf, { mode: 0o644 });
-      await writeFile(`${dir}/etc/cyrus.conf`, cyrusConf({ prefix, dir, port, httpPort }), { mode: 0o644 });
+      await writeFile(`${dir}/etc/cyrus.conf`, cyrusConf({ prefix, dir, port, tlsPort, httpPort }), { mode: 0o644 });
       await writeFile(
         `${dir}/env.sh`,
         `# source me, then e.g.: cyr_info -C $CYRUS_CONF conf; mbpath -C $CYRUS_CONF user/alice\n` +
@@ -1126,11 +1160,12 @@ export async function startCyrus(opts: CyrusOptions = {}): Promise<Cyrus> {
       // Right before the master starts, so that a lingering receiver of a
       // finished test process cannot decide to leave just before it runs.
       const syslogNote = await ensureSyslogCatcher();
-      await writeFile(`${dir}/master.log`, `# harness: imap 127.0.0.1:${port} http 127.0.0.1:${httpPort}; ${syslogNote}\n`, {
+      const imapsNote = tlsPort === null ? '' : ` imaps 127.0.0.1:${tlsPort}`;
+      await writeFile(`${dir}/master.log`, `# harness: imap 127.0.0.1:${port}${imapsNote} http 127.0.0.1:${httpPort}; ${syslogNote}\n`, {
         flag: 'a',
       });
 
-      inst = new Instance(dir, tag, port, httpPort, users, syslogOffset);
+      inst = new Instance(dir, tag, port, tlsPort, httpPort, users, syslogOffset);
       await inst.spawnMaster(prefix);
       const state = await waitListening(inst);
       if (state === 'foreign' && attempt < 3) {
@@ -1141,7 +1176,7 @@ export async function startCyrus(opts: CyrusOptions = {}): Promise<Cyrus> {
       }
       if (state !== 'ok') {
         throw new Error(
-          `cyrus master ${inst.isRunning ? 'is running but does not listen on both ports' : 'exited'}` +
+          `cyrus master ${inst.isRunning ? 'is running but does not listen on all its ports' : 'exited'}` +
             (state === 'foreign' ? ' (ports taken by another process)' : ''),
         );
       }
