@@ -572,6 +572,7 @@ while True:
         if idle_checks >= 2:
             bye()
 `;
+import { LineClient } from './line-client.js';
 
 let catcher: ChildProcess | null = null;
 let flushSeq = 0;
@@ -1218,7 +1219,7 @@ async function waitImapGreeting(inst: Instance): Promise<void> {
   let last: string | null = null;
   let failures = 0;
   while (Date.now() < deadline && inst.isRunning) {
-    const c = await ImapLine.connect(inst.host, inst.port).catch(() => null);
+    const c = await LineClient.connect(inst.host, inst.port).catch(() => null);
     if (c) {
       // A healthy imapd (one is preforked) greets within milliseconds.
       last = await c.line(Math.max(100, Math.min(4000, deadline - Date.now()))).catch((e: Error) => `(${e.message})`);
@@ -1239,7 +1240,7 @@ function imapQuote(s: string): string {
 }
 
 async function provisionUser(host: string, port: number, user: string, pw: string): Promise<void> {
-  const c = await ImapLine.connect(host, port);
+  const c = await LineClient.connect(host, port);
   try {
     const greeting = await c.line();
     if (!greeting.startsWith('* OK')) throw new Error(`greeting: ${greeting}`);
@@ -1310,79 +1311,5 @@ async function chownTree(path: string, uid: number, gid: number): Promise<void> 
     const p = `${path}/${ent.name}`;
     if (ent.isDirectory()) await chownTree(p, uid, gid);
     else await chown(p, uid, gid);
-  }
-}
-
-// ---------------------------------------------------------------------------
-// minimal IMAP line client (provisioning and readiness only; no literals)
-
-class ImapLine {
-  private buf = '';
-  private waiters: (() => void)[] = [];
-  private closed = false;
-
-  private constructor(private readonly sock: net.Socket) {
-    sock.setEncoding('latin1');
-    sock.on('data', (d: string) => {
-      this.buf += d;
-      this.wake();
-    });
-    sock.on('close', () => {
-      this.closed = true;
-      this.wake();
-    });
-    sock.on('error', () => {
-      /* surfaced as 'close' */
-    });
-  }
-
-  static connect(host: string, port: number): Promise<ImapLine> {
-    return new Promise((resolve, reject) => {
-      const sock = net.connect({ host, port }, () => {
-        sock.off('error', reject);
-        resolve(new ImapLine(sock));
-      });
-      sock.once('error', reject);
-    });
-  }
-
-  private wake(): void {
-    for (const w of this.waiters.splice(0)) w();
-  }
-
-  async line(timeoutMs = 10_000): Promise<string> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const nl = this.buf.indexOf('\r\n');
-      if (nl >= 0) {
-        const l = this.buf.slice(0, nl);
-        this.buf = this.buf.slice(nl + 2);
-        return l;
-      }
-      if (this.closed) throw new Error('connection closed');
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error('timeout waiting for a line');
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, left);
-        this.waiters.push(() => {
-          clearTimeout(timer);
-          resolve();
-        });
-      });
-    }
-  }
-
-  async command(tag: string, cmd: string): Promise<{ untagged: string[]; done: string }> {
-    this.sock.write(`${tag} ${cmd}\r\n`);
-    const untagged: string[] = [];
-    for (;;) {
-      const l = await this.line();
-      if (l.startsWith(`${tag} `)) return { untagged, done: l };
-      untagged.push(l);
-    }
-  }
-
-  close(): void {
-    this.sock.destroy();
   }
 }
