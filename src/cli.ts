@@ -10,6 +10,7 @@ import { hideBin } from 'yargs/helpers';
 import { ConfigError, DEFAULT_MAX_LINE_LENGTH, describeConfig, DEFAULT_MECHANISMS, validateConfig, type Config } from './config.js';
 import { createLogger } from './logger.js';
 import { ProxyServer } from './server.js';
+import { startMetricsServer } from './metrics.js';
 import { CertificateError } from './tls.js';
 
 const EXIT_USAGE = 2;
@@ -94,6 +95,12 @@ export function parseArgs(argv: string[]): Config {
       default: true,
       describe: 'Offer COMPRESS=DEFLATE to logged-in clients (--no-compress to turn off)',
     })
+    .option('metrics-listen', { type: 'string', describe: 'Serve /metrics (Prometheus), /healthz and /readyz on HOST:PORT' })
+    .option('max-connections', { type: 'number', default: 10_000, describe: 'Client connections at once (0: no limit)' })
+    .option('max-connections-per-ip', { type: 'number', default: 0, describe: 'Client connections at once from one address (0: no limit)' })
+    .option('preauth-timeout', { type: 'string', default: '60s', describe: 'Time a client has to log in' })
+    .option('idle-timeout', { type: 'string', default: '31m', describe: 'Close a session after this long without a byte from the client (IDLE clients re-issue IDLE every 29 min)' })
+    .option('shutdown-grace', { type: 'string', default: '30s', describe: 'On SIGTERM/SIGINT, let sessions go on this long before saying BYE' })
     .option('log-level', {
       type: 'string',
       choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
@@ -129,6 +136,12 @@ export function parseArgs(argv: string[]): Config {
       upstreamServername: args['upstream-servername'],
       upstreamTlsInsecure: args['upstream-tls-insecure'],
       compress: args.compress,
+      metricsListen: args['metrics-listen'],
+      maxConnections: args['max-connections'],
+      maxConnectionsPerIp: args['max-connections-per-ip'],
+      preauthTimeout: args['preauth-timeout'],
+      idleTimeout: args['idle-timeout'],
+      shutdownGrace: args['shutdown-grace'],
     });
   } catch (err) {
     if (err instanceof ConfigError) usageError(err.message);
@@ -157,6 +170,10 @@ async function main(): Promise<void> {
   }
   try {
     await server.listen();
+    if (config.metricsListen) {
+      const { address } = await startMetricsServer(config.metricsListen, server.metrics, () => server.readiness(), log);
+      log.info({ metricsListen: `${address.address}:${address.port}` }, 'metrics listening');
+    }
   } catch (err) {
     log.fatal({ err: (err as Error).message }, 'cannot listen');
     log.flush();
@@ -164,12 +181,17 @@ async function main(): Promise<void> {
   }
   let stopping = false;
   const stop = (signal: string) => {
-    if (stopping) return;
+    if (stopping) {
+      // A second signal: no more grace.
+      log.info({ signal }, 'stopping now');
+      void server.close().then(() => process.exit(0));
+      return;
+    }
     stopping = true;
-    log.info({ signal }, 'stopping');
-    const forced = setTimeout(() => process.exit(0), 5000);
+    log.info({ signal, graceSeconds: config.shutdownGraceMs / 1000 }, 'stopping: no new connections, sessions finishing');
+    const forced = setTimeout(() => process.exit(0), config.shutdownGraceMs + 5000);
     forced.unref();
-    void server.close().then(() => {
+    void server.drain(config.shutdownGraceMs).then(() => {
       log.info('stopped');
       log.flush();
       process.exit(0);

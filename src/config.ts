@@ -39,6 +39,18 @@ export interface Config {
   readonly requireTls: boolean;
   /** Offer COMPRESS=DEFLATE to logged-in clients (RFC 4978). */
   readonly compress: boolean;
+  /** Prometheus metrics and health endpoints, or null. */
+  readonly metricsListen: HostPort | null;
+  /** Client connections at once, in all (0: no limit). */
+  readonly maxConnections: number;
+  /** Client connections at once from one address (0: no limit). */
+  readonly maxConnectionsPerIp: number;
+  /** Time a client has to log in. */
+  readonly preauthTimeoutMs: number;
+  /** Time without a byte from the client before the session is closed. */
+  readonly idleTimeoutMs: number;
+  /** On SIGTERM/SIGINT, how long sessions may go on before they are told BYE. */
+  readonly shutdownGraceMs: number;
 }
 
 export interface UpstreamTls {
@@ -89,6 +101,12 @@ export interface RawConfig {
   upstreamServername?: string;
   upstreamTlsInsecure?: boolean;
   compress?: boolean;
+  metricsListen?: string;
+  maxConnections?: number;
+  maxConnectionsPerIp?: number;
+  preauthTimeout?: string | number;
+  idleTimeout?: string | number;
+  shutdownGrace?: string | number;
 }
 
 export const DEFAULT_MECHANISMS = ['LOGIN', 'PLAIN', 'OAUTHBEARER', 'XOAUTH2'] as const;
@@ -250,6 +268,12 @@ export function validateConfig(raw: RawConfig): Config {
     logLevel,
     ...validateClientTls(raw),
     compress: raw.compress ?? true,
+    metricsListen: raw.metricsListen ? parseHostPort(raw.metricsListen, '--metrics-listen') : null,
+    maxConnections: count(raw.maxConnections ?? 10_000, '--max-connections'),
+    maxConnectionsPerIp: count(raw.maxConnectionsPerIp ?? 0, '--max-connections-per-ip'),
+    preauthTimeoutMs: positiveDuration(raw.preauthTimeout ?? '60s', '--preauth-timeout'),
+    idleTimeoutMs: positiveDuration(raw.idleTimeout ?? '31m', '--idle-timeout'),
+    shutdownGraceMs: parseDuration(raw.shutdownGrace ?? '30s', '--shutdown-grace'),
   };
 }
 
@@ -324,4 +348,15 @@ export function describeConfig(config: Config): Record<string, unknown> {
     jmapMechanisms: [...config.jmapMechanisms],
     upstreamTls: config.upstreamTls && { ...config.upstreamTls, ca: config.upstreamTls.ca ? 'from --upstream-ca' : 'system' },
   };
+}
+
+function count(value: number, what: string): number {
+  if (!Number.isInteger(value) || value < 0) throw new ConfigError(`${what}: must be a whole number, 0 for no limit`);
+  return value;
+}
+
+function positiveDuration(value: string | number, what: string): number {
+  const ms = parseDuration(value, what);
+  if (ms < 1) throw new ConfigError(`${what}: must be above zero`);
+  return ms;
 }

@@ -45,6 +45,7 @@ import {
   type SessionFacts,
 } from './jmapaccess.js';
 import { Outbox } from './outbox.js';
+import type { Metrics } from './metrics.js';
 import { openUpstream, type UpstreamError } from './upstream.js';
 import { TLS_HANDSHAKE_TIMEOUT_MS, type CertificateStore } from './tls.js';
 
@@ -99,6 +100,7 @@ export interface SessionSnapshot {
   readonly state: SessionState;
   readonly user: string | undefined;
   readonly bytesFromClient: number;
+  readonly bytesToClient: number;
   readonly bytesFromUpstream: number;
   readonly queuedToClient: number;
   readonly queuedToUpstream: number;
@@ -116,6 +118,7 @@ export interface ClientTransport {
 export interface SessionEvents {
   /** Called once when both sockets are gone. */
   onClose(session: Session): void;
+  readonly metrics: Metrics;
 }
 
 export class Session {
@@ -170,6 +173,9 @@ export class Session {
   private closing = false;
   private closed = false;
   private closeReason = 'client closed';
+  /** When the client last sent a byte (the idle timeout counts from it). */
+  private lastClientActivity = Date.now();
+  private timeoutTimer: NodeJS.Timeout | null = null;
 
   constructor(id: string, client: Socket, config: Config, log: Logger, events: SessionEvents, transport: ClientTransport) {
     this.id = id;
@@ -208,6 +214,7 @@ export class Session {
       state: this.state,
       user: this.authentication?.user,
       bytesFromClient: this.client.bytesRead,
+      bytesToClient: this.client.bytesWritten,
       bytesFromUpstream: this.upstream?.bytesRead ?? 0,
       queuedToClient: this.client.writableLength,
       queuedToUpstream: this.upstream?.writableLength ?? 0,
@@ -221,6 +228,7 @@ export class Session {
     client.setNoDelay(true);
     this.log.info({ peer: `${client.remoteAddress}:${client.remotePort}`, tls: this.secure }, 'connection opened');
     this.attachClient(client);
+    this.armTimeout();
 
     const connectStarted = Date.now();
     const opened = openUpstream(this.config);
@@ -237,6 +245,7 @@ export class Session {
         this.flush();
       },
       (err: UpstreamError) => {
+        this.events.metrics.upstreamConnectFailures.inc({ code: err.code ?? 'ERROR' });
         this.log.warn({ err: err.message, code: err.code, upstream: this.config.upstream }, 'upstream connect failed');
         this.close('upstream unavailable', '* BYE [UNAVAILABLE] The IMAP server is unavailable, try again later\r\n');
       },
@@ -255,6 +264,7 @@ export class Session {
     const secure = this.config.upstreamTls !== null;
     const onReady = () => {
       clearTimeout(timer);
+      this.events.metrics.upstreamConnectSeconds.observe((Date.now() - connectStarted) / 1000);
       this.log.info(
         { upstream: this.upstreamName(), ms: Date.now() - connectStarted, tls: secure ? (upstream as tls.TLSSocket).getProtocol() : undefined },
         'upstream connected',
@@ -281,6 +291,28 @@ export class Session {
     client.on('drain', () => this.updateReading());
   }
 
+  /**
+   * One timer per session for both timeouts, re-armed only when it fires:
+   * client input just records the time, which costs nothing per chunk.
+   */
+  private armTimeout(): void {
+    const { preauthTimeoutMs, idleTimeoutMs } = this.config;
+    const now = Date.now();
+    const idleAt = this.lastClientActivity + idleTimeoutMs;
+    const loginAt = this.state === 'not-authenticated' ? this.startedAt + preauthTimeoutMs : Infinity;
+    if (now >= loginAt) {
+      this.log.info({ seconds: preauthTimeoutMs / 1000 }, 'no login in time');
+      this.close('login timeout', '* BYE [UNAVAILABLE] Timed out waiting for a login\r\n');
+      return;
+    }
+    if (now >= idleAt) {
+      this.log.info({ seconds: idleTimeoutMs / 1000 }, 'idle for too long');
+      this.close('idle timeout', '* BYE Autologout; idle for too long\r\n');
+      return;
+    }
+    this.timeoutTimer = setTimeout(() => this.armTimeout(), Math.min(idleAt, loginAt) - now);
+  }
+
   /** Ends the session now (server shutdown). */
   shutdown(text: string): void {
     this.close('proxy shutting down', `* BYE [UNAVAILABLE] ${text}\r\n`);
@@ -290,6 +322,7 @@ export class Session {
 
   private onClientData(chunk: Buffer): void {
     if (this.closing) return;
+    this.lastClientActivity = Date.now();
     if (this.compression) {
       this.compression.inflate.write(chunk);
       return;
@@ -430,6 +463,7 @@ export class Session {
 
   private onSocketError(side: 'client' | 'upstream', err: Error & { code?: string }): void {
     if (side === 'upstream' && !this.greeted) {
+      this.events.metrics.upstreamConnectFailures.inc({ code: err.code ?? 'ERROR' });
       this.log.warn({ err: err.message, code: err.code, upstream: this.config.upstream }, 'upstream connect failed');
     } else {
       this.log.debug({ side, err: err.message, code: err.code }, 'socket error');
@@ -456,6 +490,7 @@ export class Session {
   private close(reason: string, bye?: string): void {
     if (this.closing) return;
     this.closing = true;
+    if (this.timeoutTimer) clearTimeout(this.timeoutTimer);
     this.closeReason = reason;
     this.clientFramer.stop();
     this.serverFramer.stop();
@@ -492,6 +527,7 @@ export class Session {
       },
       'connection closed',
     );
+    this.events.metrics.sessionsClosed.inc({ reason: this.closeReason });
     this.events.onClose(this);
   }
 
@@ -657,6 +693,7 @@ export class Session {
           { tag: head.tag, user: this.authentication?.user, answered: decision.grant ? 'OK' : 'BAD', reason: decision.reason },
           'GETJMAPACCESS',
         );
+        this.events.metrics.getJmapAccess.inc({ answer: decision.grant ? 'OK' : 'BAD' });
       }
     } else if (head.name === 'STARTTLS') {
       const refusal = this.startTlsRefusal(hasArguments);
@@ -762,6 +799,7 @@ export class Session {
       return;
     }
     if (!this.canReplyLocally()) return this.holdClientLine();
+    this.events.metrics.protocolErrors.inc({ side: 'client', kind: 'invalid-command' });
     if (++this.invalidCommands >= MAX_INVALID_COMMANDS) {
       this.close('too many invalid commands', '* BYE [CLIENTBUG] Too many invalid commands\r\n');
       return;
@@ -770,6 +808,7 @@ export class Session {
   }
 
   private onClientFramingError(kind: FramerError): void {
+    this.events.metrics.protocolErrors.inc({ side: 'client', kind });
     if (kind === 'line-too-long') {
       this.log.warn({ limit: this.config.maxLineLength }, 'client line too long');
       this.close('client line too long', `* BYE [LIMIT] Line longer than ${this.config.maxLineLength} bytes\r\n`);
@@ -899,6 +938,7 @@ export class Session {
   }
 
   private onServerFramingError(kind: FramerError): void {
+    this.events.metrics.protocolErrors.inc({ side: 'upstream', kind });
     this.log.warn({ kind, limit: this.config.maxLineLength }, 'upstream sent an invalid response');
     this.close('upstream protocol error', '* BYE [UNAVAILABLE] The IMAP server sent an invalid response\r\n');
   }
@@ -977,8 +1017,10 @@ export class Session {
         this.log.warn({ user: entry.user }, 'JMAPACCESS granted without OBJECTID in the upstream capabilities (--objectid assume)');
       }
       this.log.info(fields, 'login succeeded');
+      this.events.metrics.jmapAccessDecisions.inc({ decision: String(fields.jmapaccess), reason: String(fields.reason) });
     } else {
       this.log.info(fields, 'login failed');
     }
+    this.events.metrics.logins.inc({ mechanism: entry.mechanism ?? 'UNKNOWN', result: status ?? 'other' });
   }
 }
