@@ -101,6 +101,12 @@ export function parseArgs(argv: string[]): Config {
     .option('preauth-timeout', { type: 'string', default: '60s', describe: 'Time a client has to log in' })
     .option('idle-timeout', { type: 'string', default: '31m', describe: 'Close a session after this long without a byte from the client (IDLE clients re-issue IDLE every 29 min)' })
     .option('shutdown-grace', { type: 'string', default: '30s', describe: 'On SIGTERM/SIGINT, let sessions go on this long before saying BYE' })
+    .option('forward-client-ip', {
+      type: 'string',
+      choices: ['none', 'id'],
+      default: 'none',
+      describe: 'id: tell the upstream the client address with an ID command before the client speaks (Dovecot, from login_trusted_networks)',
+    })
     .option('log-level', {
       type: 'string',
       choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
@@ -142,6 +148,7 @@ export function parseArgs(argv: string[]): Config {
       preauthTimeout: args['preauth-timeout'],
       idleTimeout: args['idle-timeout'],
       shutdownGrace: args['shutdown-grace'],
+      forwardClientIp: args['forward-client-ip'],
     });
   } catch (err) {
     if (err instanceof ConfigError) usageError(err.message);

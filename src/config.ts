@@ -51,6 +51,8 @@ export interface Config {
   readonly idleTimeoutMs: number;
   /** On SIGTERM/SIGINT, how long sessions may go on before they are told BYE. */
   readonly shutdownGraceMs: number;
+  /** How the upstream learns the client's address: not at all, or an ID command (Dovecot). */
+  readonly forwardClientIp: 'none' | 'id';
 }
 
 export interface UpstreamTls {
@@ -107,6 +109,7 @@ export interface RawConfig {
   preauthTimeout?: string | number;
   idleTimeout?: string | number;
   shutdownGrace?: string | number;
+  forwardClientIp?: string;
 }
 
 export const DEFAULT_MECHANISMS = ['LOGIN', 'PLAIN', 'OAUTHBEARER', 'XOAUTH2'] as const;
@@ -274,6 +277,7 @@ export function validateConfig(raw: RawConfig): Config {
     preauthTimeoutMs: positiveDuration(raw.preauthTimeout ?? '60s', '--preauth-timeout'),
     idleTimeoutMs: positiveDuration(raw.idleTimeout ?? '31m', '--idle-timeout'),
     shutdownGraceMs: parseDuration(raw.shutdownGrace ?? '30s', '--shutdown-grace'),
+    forwardClientIp: oneOf(raw.forwardClientIp ?? 'none', ['none', 'id'] as const, '--forward-client-ip'),
   };
 }
 
@@ -359,4 +363,9 @@ function positiveDuration(value: string | number, what: string): number {
   const ms = parseDuration(value, what);
   if (ms < 1) throw new ConfigError(`${what}: must be above zero`);
   return ms;
+}
+
+function oneOf<T extends string>(value: string, choices: readonly T[], what: string): T {
+  if (!(choices as readonly string[]).includes(value)) throw new ConfigError(`${what}: must be one of ${choices.join(', ')}, got "${value}"`);
+  return value as T;
 }

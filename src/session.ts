@@ -35,6 +35,7 @@ import {
 } from './imap/response.js';
 import { hasCapability, rewriteCapabilities } from './imap/capabilities.js';
 import { saslIdentity } from './imap/sasl.js';
+import { quoteImapString } from './imap/quote.js';
 import {
   decide,
   getJmapAccessReply,
@@ -51,7 +52,7 @@ import { TLS_HANDSHAKE_TIMEOUT_MS, type CertificateStore } from './tls.js';
 
 export type SessionState = 'not-authenticated' | 'authenticated' | 'selected' | 'logout';
 
-type CommandKind = 'plain' | 'login' | 'authenticate' | 'idle' | 'select' | 'deselect' | 'logout' | 'probe';
+type CommandKind = 'plain' | 'login' | 'authenticate' | 'idle' | 'select' | 'deselect' | 'logout' | 'probe' | 'client-id';
 
 /** A command sent upstream whose tagged completion has not arrived yet. */
 interface InFlight {
@@ -229,6 +230,7 @@ export class Session {
     this.log.info({ peer: `${client.remoteAddress}:${client.remotePort}`, tls: this.secure }, 'connection opened');
     this.attachClient(client);
     this.armTimeout();
+    if (this.config.forwardClientIp === 'id') this.sendClientIdentity();
 
     const connectStarted = Date.now();
     const opened = openUpstream(this.config);
@@ -783,6 +785,30 @@ export class Session {
     });
   }
 
+  /**
+   * Tells the upstream who the client really is, the way Dovecot's own
+   * proxy does (honoured from Dovecot's login_trusted_networks), before any
+   * command of the client's. The exchange is hidden from the client, whose
+   * own ID command still works afterwards; the upstream heeds the first ID.
+   */
+  private sendClientIdentity(): void {
+    const client = this.client;
+    const fields: Array<[string, string | number | undefined]> = [
+      ['x-originating-ip', client.remoteAddress?.replace(/^::ffff:/, '')],
+      ['x-originating-port', client.remotePort],
+      ['x-connected-ip', client.localAddress?.replace(/^::ffff:/, '')],
+      ['x-connected-port', client.localPort],
+      ['x-session-ext-id', `jap${process.pid}-${this.id}`],
+    ];
+    const list = fields
+      .filter(([, value]) => value !== undefined)
+      .map(([key, value]) => `${quoteImapString(key)} ${quoteImapString(String(value))}`)
+      .join(' ');
+    const tag = 'jmapaccess-proxy.id';
+    this.inFlight.push({ tag, name: 'ID', kind: 'client-id' });
+    this.toUpstream.push(Buffer.from(`${tag} ID (${list})\r\n`, 'latin1'));
+  }
+
   /** Asks the upstream for its capabilities; the client never sees the exchange. */
   private sendObjectIdProbe(): void {
     const tag = `jmapaccess-proxy.${++this.probeCounter}`;
@@ -837,6 +863,7 @@ export class Session {
         if (response.status !== null) this.greeted = true;
         if (response.status === 'PREAUTH') this.setAuthenticated(null);
         else if (response.status === 'BYE') this.state = 'logout';
+        if (response.word === 'ID' && this.inFlight[0]?.kind === 'client-id') return; // the answer to the proxy's own ID
         const span = findCapabilities(line, response);
         // The greeting is never a login's answer, even when the client
         // pipelined LOGIN before it arrived. It is the first status response
@@ -894,6 +921,9 @@ export class Session {
     switch (entry.kind) {
       case 'probe':
         if (this.objectId === 'unknown') this.objectId = 'absent';
+        return; // hidden from the client
+      case 'client-id':
+        if (status !== 'OK') this.log.warn({ status }, 'the upstream refused the client-address ID');
         return; // hidden from the client
       case 'login':
       case 'authenticate':

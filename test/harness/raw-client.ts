@@ -25,6 +25,11 @@ export class RawClient {
     socket.on('error', () => {});
   }
 
+  /** Wraps an already connected socket. */
+  static fromSocket(socket: net.Socket): RawClient {
+    return new RawClient(socket);
+  }
+
   static connect(port: number, host = '127.0.0.1'): Promise<RawClient> {
     return new Promise((resolve, reject) => {
       const socket = net.connect({ port, host }, () => resolve(new RawClient(socket)));
