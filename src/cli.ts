@@ -11,6 +11,7 @@ import { ConfigError, DEFAULT_MAX_LINE_LENGTH, describeConfig, DEFAULT_MECHANISM
 import { createLogger } from './logger.js';
 import { ProxyServer } from './server.js';
 import { startMetricsServer } from './metrics.js';
+import { checkUpstream } from './check.js';
 import { CertificateError } from './tls.js';
 
 const EXIT_USAGE = 2;
@@ -25,7 +26,7 @@ function usageError(message: string): never {
   process.exit(EXIT_USAGE);
 }
 
-export function parseArgs(argv: string[]): Config {
+export function parseArgs(argv: string[]): Config & { check: boolean } {
   const args = yargs(argv)
     .scriptName('jmapaccess-proxy')
     .usage('$0 --upstream imap://HOST:PORT --jmap-url URL [options]\n\nAdds RFC 9698 JMAPACCESS to an IMAP server.')
@@ -107,6 +108,11 @@ export function parseArgs(argv: string[]): Config {
       default: 'none',
       describe: 'id: tell the upstream the client address with an ID command before the client speaks (Dovecot, from login_trusted_networks)',
     })
+    .option('check', {
+      type: 'boolean',
+      default: false,
+      describe: 'Check the configuration and the upstream (greeting, capabilities, whether JMAPACCESS can be granted), print a JSON report, exit 0/1',
+    })
     .option('log-level', {
       type: 'string',
       choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
@@ -122,7 +128,7 @@ export function parseArgs(argv: string[]): Config {
     .parseSync();
 
   try {
-    return validateConfig({
+    const config = validateConfig({
       listen: args.listen,
       upstream: args.upstream ?? '',
       jmapUrl: args['jmap-url'] ?? '',
@@ -150,6 +156,7 @@ export function parseArgs(argv: string[]): Config {
       shutdownGrace: args['shutdown-grace'],
       forwardClientIp: args['forward-client-ip'],
     });
+    return { ...config, check: args.check };
   } catch (err) {
     if (err instanceof ConfigError) usageError(err.message);
     throw err;
@@ -158,6 +165,11 @@ export function parseArgs(argv: string[]): Config {
 
 async function main(): Promise<void> {
   const config = parseArgs(hideBin(process.argv));
+  if (config.check) {
+    const report = await checkUpstream(config);
+    process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+    process.exit(report.ok ? 0 : 1);
+  }
   const log = createLogger(config.logLevel);
   if (config.objectId === 'assume') {
     log.warn('--objectid assume: JMAPACCESS is granted even when the upstream does not offer OBJECTID (RFC 9698 requires it)');

@@ -60,7 +60,7 @@ export function openUpstream(config: UpstreamConfig): net.Socket | Promise<Opene
 }
 
 /** Reads whole lines from a socket until `done` says stop; for the short STARTTLS exchange only. */
-function readLines(socket: net.Socket, maxLineLength: number, done: (line: Buffer) => boolean): Promise<void> {
+export function readLines(socket: net.Socket, maxLineLength: number, done: (line: Buffer) => boolean): Promise<void> {
   return new Promise((resolve, reject) => {
     let buffered = Buffer.alloc(0);
     const cleanup = () => {
