@@ -113,6 +113,17 @@ export function parseArgs(argv: string[]): Config & { check: boolean } {
       default: false,
       describe: 'Check the configuration and the upstream (greeting, capabilities, whether JMAPACCESS can be granted), print a JSON report, exit 0/1',
     })
+    .option('upstream-proxy-protocol', {
+      type: 'string',
+      choices: ['v1', 'v2'],
+      describe: 'Send the client address to the upstream in a HAProxy PROXY header (Dovecot: haproxy = yes)',
+    })
+    .option('accept-proxy-protocol', {
+      type: 'boolean',
+      default: false,
+      describe: 'Read a HAProxy PROXY v1/v2 header from connections coming from --trusted-proxies (and require one from them)',
+    })
+    .option('trusted-proxies', { type: 'string', describe: 'Comma list of load-balancer addresses or CIDR ranges' })
     .option('log-level', {
       type: 'string',
       choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
@@ -155,6 +166,9 @@ export function parseArgs(argv: string[]): Config & { check: boolean } {
       idleTimeout: args['idle-timeout'],
       shutdownGrace: args['shutdown-grace'],
       forwardClientIp: args['forward-client-ip'],
+      upstreamProxyProtocol: args['upstream-proxy-protocol'],
+      acceptProxyProtocol: args['accept-proxy-protocol'],
+      trustedProxies: args['trusted-proxies'],
     });
     return { ...config, check: args.check };
   } catch (err) {

@@ -4,6 +4,7 @@
  */
 
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { quoteImapString } from './imap/quote.js';
 
 export type ObjectIdMode = 'require' | 'assume';
@@ -53,6 +54,12 @@ export interface Config {
   readonly shutdownGraceMs: number;
   /** How the upstream learns the client's address: not at all, or an ID command (Dovecot). */
   readonly forwardClientIp: 'none' | 'id';
+  /** Send a PROXY protocol header to the upstream first (Dovecot `haproxy = yes`). */
+  readonly upstreamProxyProtocol: 'v1' | 'v2' | null;
+  /** Read a PROXY header from connections coming from `trustedProxies`. */
+  readonly acceptProxyProtocol: boolean;
+  /** Addresses or CIDR ranges of load balancers (with --accept-proxy-protocol). */
+  readonly trustedProxies: readonly string[];
 }
 
 export interface UpstreamTls {
@@ -110,6 +117,9 @@ export interface RawConfig {
   idleTimeout?: string | number;
   shutdownGrace?: string | number;
   forwardClientIp?: string;
+  upstreamProxyProtocol?: string;
+  acceptProxyProtocol?: boolean;
+  trustedProxies?: string | readonly string[];
 }
 
 export const DEFAULT_MECHANISMS = ['LOGIN', 'PLAIN', 'OAUTHBEARER', 'XOAUTH2'] as const;
@@ -278,6 +288,10 @@ export function validateConfig(raw: RawConfig): Config {
     idleTimeoutMs: positiveDuration(raw.idleTimeout ?? '31m', '--idle-timeout'),
     shutdownGraceMs: parseDuration(raw.shutdownGrace ?? '30s', '--shutdown-grace'),
     forwardClientIp: oneOf(raw.forwardClientIp ?? 'none', ['none', 'id'] as const, '--forward-client-ip'),
+    upstreamProxyProtocol: raw.upstreamProxyProtocol
+      ? oneOf(raw.upstreamProxyProtocol, ['v1', 'v2'] as const, '--upstream-proxy-protocol')
+      : null,
+    ...validateProxyProtocol(raw),
   };
 }
 
@@ -368,4 +382,21 @@ function positiveDuration(value: string | number, what: string): number {
 function oneOf<T extends string>(value: string, choices: readonly T[], what: string): T {
   if (!(choices as readonly string[]).includes(value)) throw new ConfigError(`${what}: must be one of ${choices.join(', ')}, got "${value}"`);
   return value as T;
+}
+
+function validateProxyProtocol(raw: RawConfig): Pick<Config, 'acceptProxyProtocol' | 'trustedProxies'> {
+  const trustedProxies = asList(raw.trustedProxies).flatMap((item) => item.split(',').map((s) => s.trim()).filter(Boolean));
+  for (const cidr of trustedProxies) {
+    const [address = '', prefix, extra] = cidr.split('/');
+    const version = isIP(address);
+    const bits = version === 4 ? 32 : 128;
+    if (!version || extra !== undefined || (prefix !== undefined && !(/^\d+$/.test(prefix) && Number(prefix) <= bits))) {
+      throw new ConfigError(`--trusted-proxies: "${cidr}" is not an address or CIDR range`);
+    }
+  }
+  const acceptProxyProtocol = raw.acceptProxyProtocol ?? false;
+  if (acceptProxyProtocol && trustedProxies.length === 0) {
+    throw new ConfigError('--accept-proxy-protocol needs --trusted-proxies CIDR,... (the load balancers allowed to send PROXY headers)');
+  }
+  return { acceptProxyProtocol, trustedProxies };
 }

@@ -10,6 +10,50 @@ import type { Config, HostPort } from './config.js';
 import { Session, type SessionSnapshot } from './session.js';
 import { CertificateStore, TLS_HANDSHAKE_TIMEOUT_MS } from './tls.js';
 import { Metrics, type Readiness } from './metrics.js';
+import { parseProxyHeader, type Endpoints } from './proxy-protocol.js';
+
+/** How long a trusted load balancer has to send its PROXY header. */
+const PROXY_HEADER_TIMEOUT_MS = 5000;
+
+function blockListOf(cidrs: readonly string[]): net.BlockList {
+  const list = new net.BlockList();
+  for (const cidr of cidrs) {
+    const [address = '', prefix] = cidr.split('/');
+    const type = net.isIPv6(address) ? 'ipv6' : 'ipv4';
+    if (prefix === undefined) list.addAddress(address, type);
+    else list.addSubnet(address, Number(prefix), type);
+  }
+  return list;
+}
+
+/**
+ * Reads a PROXY v1/v2 header from the start of the connection, then puts
+ * back whatever came after it. Null endpoints: a LOCAL/UNKNOWN header.
+ */
+function readProxyHeader(socket: net.Socket): Promise<Endpoints | null> {
+  return new Promise((resolve, reject) => {
+    let buffered = Buffer.alloc(0);
+    const finish = (err: Error | null, endpoints?: Endpoints | null, rest?: Buffer) => {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('end', onEnd);
+      socket.pause();
+      if (err) return reject(err);
+      if (rest && rest.length > 0) socket.unshift(rest);
+      resolve(endpoints ?? null);
+    };
+    const onData = (chunk: Buffer) => {
+      buffered = Buffer.concat([buffered, chunk]);
+      const result = parseProxyHeader(buffered);
+      if (result.kind === 'invalid') finish(new Error(result.reason));
+      else if (result.kind === 'header') finish(null, result.endpoints, buffered.subarray(result.length));
+    };
+    const onEnd = () => finish(new Error('closed before a PROXY header'));
+    const timer = setTimeout(() => finish(new Error('no PROXY header in time')), PROXY_HEADER_TIMEOUT_MS);
+    socket.on('data', onData);
+    socket.once('end', onEnd);
+  });
+}
 
 export interface ListeningAddresses {
   readonly plain: AddressInfo;
@@ -22,7 +66,10 @@ export class ProxyServer {
   /** The proxy's certificates toward clients; null without --tls-cert. */
   readonly certificates: CertificateStore | null;
   private readonly plainServer: net.Server;
-  private readonly tlsServer: tls.Server | null;
+  /** The implicit-TLS listener: plain TCP, so a PROXY header can come before the TLS handshake. */
+  private readonly tlsServer: net.Server | null;
+  /** Sources allowed (and required) to send a PROXY header; null without --accept-proxy-protocol. */
+  private readonly trustedProxies: net.BlockList | null;
   private readonly sessions = new Set<Session>();
   /** Open connections per client address, for --max-connections-per-ip. */
   private readonly perIp = new Map<string, number>();
@@ -46,27 +93,16 @@ export class ProxyServer {
       }
       return totals;
     });
+    this.trustedProxies = config.acceptProxyProtocol ? blockListOf(config.trustedProxies) : null;
     this.plainServer = net.createServer({ noDelay: true, allowHalfOpen: true }, (socket) =>
-      this.onConnection(socket, false),
+      this.onTcpConnection(socket, false),
     );
-    const certificates = this.certificates;
-    if (config.listenTls && certificates) {
-      // Not allowHalfOpen: a client that closes during the handshake would
-      // otherwise leave a socket waiting until the handshake timeout.
-      const server = tls.createServer(
-        { ...certificates.serverOptions(), handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS },
-        (socket) => this.onConnection(socket, true),
-      );
-      // A failed handshake is the client's problem, not the listener's.
-      server.on('tlsClientError', (err, socket) => {
-        this.log.debug({ err: err.message, peer: socket.remoteAddress }, 'TLS handshake failed');
-        socket.destroy();
-      });
-      certificates.onReload(() => server.setSecureContext(certificates.serverOptions()));
-      this.tlsServer = server;
-    } else {
-      this.tlsServer = null;
-    }
+    // Not allowHalfOpen: a client that closes during the handshake would
+    // otherwise leave a socket waiting until the handshake timeout.
+    this.tlsServer =
+      config.listenTls && this.certificates
+        ? net.createServer({ noDelay: true }, (socket) => this.onTcpConnection(socket, true))
+        : null;
   }
 
   /** Resolves once every listener is bound; rejects if one cannot be. */
@@ -163,7 +199,53 @@ export class ProxyServer {
 
   private allGone: (() => void) | null = null;
 
-  private onConnection(socket: net.Socket, secure: boolean): void {
+  /** A TCP connection: the load balancer's PROXY header first if trusted, then TLS if implicit, then the session. */
+  private onTcpConnection(socket: net.Socket, implicitTls: boolean): void {
+    socket.on('error', () => {}); // until a session owns the socket
+    const proceed = (peer: Endpoints | undefined) => {
+      if (implicitTls) return this.startTls(socket, peer);
+      this.onConnection(socket, false, peer);
+      socket.resume(); // paused while its PROXY header was read; the session listens now
+    };
+    const source = socket.remoteAddress ?? '';
+    const trusted = this.trustedProxies?.check(source, net.isIPv6(source) ? 'ipv6' : 'ipv4') ?? false;
+    if (!trusted) return proceed(undefined);
+    readProxyHeader(socket).then(
+      (peer) => {
+        if (!this.draining) proceed(peer ?? undefined);
+        else socket.destroy();
+      },
+      (err: Error) => {
+        this.metrics.protocolErrors.inc({ side: 'client', kind: 'proxy-header' });
+        this.log.warn({ peer: source, err: err.message }, 'connection from a trusted proxy without a valid PROXY header');
+        socket.destroy();
+      },
+    );
+  }
+
+  private startTls(socket: net.Socket, peer: Endpoints | undefined): void {
+    const certificates = this.certificates as CertificateStore;
+    const secure = new tls.TLSSocket(socket, {
+      isServer: true,
+      secureContext: certificates.defaultContext,
+      SNICallback: certificates.sniCallback,
+    });
+    const timer = setTimeout(() => secure.destroy(new Error('TLS handshake timed out')), TLS_HANDSHAKE_TIMEOUT_MS);
+    const onError = (err: Error) => {
+      clearTimeout(timer);
+      // A failed handshake is the client's problem, not the listener's.
+      this.log.debug({ err: err.message, peer: socket.remoteAddress }, 'TLS handshake failed');
+      secure.destroy();
+    };
+    secure.once('error', onError);
+    secure.once('secure', () => {
+      clearTimeout(timer);
+      secure.off('error', onError);
+      this.onConnection(secure, true, peer);
+    });
+  }
+
+  private onConnection(socket: net.Socket, secure: boolean, peer?: Endpoints): void {
     const ip = socket.remoteAddress ?? '';
     const refusal = this.limitReached(ip);
     if (refusal) {
@@ -183,7 +265,7 @@ export class ProxyServer {
       this.config,
       this.log,
       { onClose: (ended) => this.onSessionClosed(ended, ip), metrics: this.metrics },
-      { certificates: this.certificates, secure },
+      { certificates: this.certificates, secure, peer },
     );
     this.sessions.add(session);
     session.start();

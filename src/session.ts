@@ -47,6 +47,7 @@ import {
 } from './jmapaccess.js';
 import { Outbox } from './outbox.js';
 import type { Metrics } from './metrics.js';
+import type { Endpoints } from './proxy-protocol.js';
 import { openUpstream, type UpstreamError } from './upstream.js';
 import { TLS_HANDSHAKE_TIMEOUT_MS, type CertificateStore } from './tls.js';
 
@@ -114,6 +115,8 @@ export interface ClientTransport {
   readonly certificates: CertificateStore | null;
   /** True for the implicit-TLS listener: the link is encrypted from the first byte. */
   readonly secure: boolean;
+  /** The client's real endpoints when a load balancer's PROXY header gave them. */
+  readonly peer?: Endpoints;
 }
 
 export interface SessionEvents {
@@ -127,6 +130,8 @@ export class Session {
   /** The client link as the proxy reads and writes it (a TLSSocket after STARTTLS). */
   private client: Socket;
   private readonly transport: ClientTransport;
+  /** Who the client is: from the PROXY header when there was one, else the socket. */
+  private readonly peer: Endpoints;
   /** True once the client link is encrypted. */
   private secure: boolean;
   /** True between the STARTTLS reply and the end of the TLS handshake. */
@@ -183,6 +188,12 @@ export class Session {
     this.client = client;
     this.transport = transport;
     this.secure = transport.secure;
+    this.peer = transport.peer ?? {
+      sourceAddress: client.remoteAddress ?? '',
+      sourcePort: client.remotePort ?? 0,
+      destinationAddress: client.localAddress ?? '',
+      destinationPort: client.localPort ?? 0,
+    };
     this.config = config;
     this.events = events;
     this.log = log.child({ conn: id });
@@ -227,13 +238,20 @@ export class Session {
   start(): void {
     const client = this.client;
     client.setNoDelay(true);
-    this.log.info({ peer: `${client.remoteAddress}:${client.remotePort}`, tls: this.secure }, 'connection opened');
+    this.log.info(
+      {
+        peer: `${this.peer.sourceAddress}:${this.peer.sourcePort}`,
+        via: this.transport.peer ? `${client.remoteAddress}:${client.remotePort}` : undefined,
+        tls: this.secure,
+      },
+      'connection opened',
+    );
     this.attachClient(client);
     this.armTimeout();
     if (this.config.forwardClientIp === 'id') this.sendClientIdentity();
 
     const connectStarted = Date.now();
-    const opened = openUpstream(this.config);
+    const opened = openUpstream(this.config, this.peer);
     if (opened instanceof net.Socket) {
       this.attachUpstream(opened, connectStarted);
       return;
@@ -792,12 +810,12 @@ export class Session {
    * own ID command still works afterwards; the upstream heeds the first ID.
    */
   private sendClientIdentity(): void {
-    const client = this.client;
+    const peer = this.peer;
     const fields: Array<[string, string | number | undefined]> = [
-      ['x-originating-ip', client.remoteAddress?.replace(/^::ffff:/, '')],
-      ['x-originating-port', client.remotePort],
-      ['x-connected-ip', client.localAddress?.replace(/^::ffff:/, '')],
-      ['x-connected-port', client.localPort],
+      ['x-originating-ip', peer.sourceAddress.replace(/^::ffff:/, '')],
+      ['x-originating-port', peer.sourcePort],
+      ['x-connected-ip', peer.destinationAddress.replace(/^::ffff:/, '')],
+      ['x-connected-port', peer.destinationPort],
       ['x-session-ext-id', `jap${process.pid}-${this.id}`],
     ];
     const list = fields

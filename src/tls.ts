@@ -16,9 +16,6 @@ import type { ClientTlsConfig } from './config.js';
 interface LoadedCertificate {
   readonly context: tls.SecureContext;
   readonly x509: X509Certificate;
-  /** What the server options need to rebuild the default context of a tls.Server. */
-  readonly cert: Buffer;
-  readonly key: Buffer;
 }
 
 export class CertificateError extends Error {
@@ -35,7 +32,6 @@ export class CertificateStore {
   private readonly config: ClientTlsConfig;
   private readonly log: Logger;
   private loaded: LoadedCertificate[];
-  private readonly listeners = new Set<() => void>();
   /** The file watchers this store added (unwatchFile without its listener would remove everyone's). */
   private readonly watchers = new Map<string, (current: Stats, previous: Stats) => void>();
 
@@ -51,11 +47,6 @@ export class CertificateStore {
     return (this.loaded[0] as LoadedCertificate).context;
   }
 
-  /** Options for tls.createServer / server.setSecureContext. */
-  serverOptions(): tls.TlsOptions {
-    const first = this.loaded[0] as LoadedCertificate;
-    return { cert: first.cert, key: first.key, minVersion: this.config.minVersion, SNICallback: this.sniCallback };
-  }
 
   readonly sniCallback = (servername: string, callback: (err: Error | null, ctx?: tls.SecureContext) => void): void => {
     callback(null, this.contextFor(servername));
@@ -81,14 +72,9 @@ export class CertificateStore {
       return false;
     }
     this.log.info({ reason, certificates: this.describe() }, 'certificates reloaded');
-    for (const listener of this.listeners) listener();
     return true;
   }
 
-  /** Called after every successful reload (the implicit-TLS server updates its default context). */
-  onReload(listener: () => void): void {
-    this.listeners.add(listener);
-  }
 
   /** Reloads when a certificate or key file changes. */
   watch(): void {
@@ -125,7 +111,7 @@ export class CertificateStore {
       }
       try {
         const context = tls.createSecureContext({ cert, key, minVersion: this.config.minVersion });
-        return { context, x509: new X509Certificate(cert), cert, key };
+        return { context, x509: new X509Certificate(cert) };
       } catch (err) {
         throw new CertificateError(`${certFile} / ${keyFile}: ${(err as Error).message}`);
       }

@@ -14,6 +14,7 @@ import tls from 'node:tls';
 import type { Config, UpstreamTls } from './config.js';
 import { contentEnd } from './imap/literal.js';
 import { capabilityAtoms, classifyResponse, findCapabilities } from './imap/response.js';
+import { encodeLocal, encodeV1, encodeV2, type Endpoints } from './proxy-protocol.js';
 
 export class UpstreamError extends Error {
   override readonly name = 'UpstreamError';
@@ -30,7 +31,15 @@ export interface OpenedUpstream {
   readonly preamble: Buffer | null;
 }
 
-type UpstreamConfig = Pick<Config, 'upstream' | 'upstreamTls' | 'upstreamConnectTimeoutMs' | 'maxLineLength'>;
+type UpstreamConfig = Pick<Config, 'upstream' | 'upstreamTls' | 'upstreamConnectTimeoutMs' | 'maxLineLength'> &
+  Partial<Pick<Config, 'upstreamProxyProtocol'>>;
+
+/** The PROXY header to send first, when configured; without a client (--check) one that names none. */
+function proxyHeader(config: UpstreamConfig, client: Endpoints | undefined): Buffer | null {
+  if (!config.upstreamProxyProtocol) return null;
+  if (!client) return encodeLocal(config.upstreamProxyProtocol);
+  return config.upstreamProxyProtocol === 'v2' ? encodeV2(client) : encodeV1(client);
+}
 
 function tlsOptions(config: UpstreamConfig, upstreamTls: UpstreamTls): tls.ConnectionOptions {
   const { host } = config.upstream;
@@ -51,12 +60,17 @@ function tlsOptions(config: UpstreamConfig, upstreamTls: UpstreamTls): tls.Conne
  * A socket for a plain or implicit-TLS upstream, returned at once (writes
  * queue until it connects), or a promise for a STARTTLS upstream.
  */
-export function openUpstream(config: UpstreamConfig): net.Socket | Promise<OpenedUpstream> {
+export function openUpstream(config: UpstreamConfig, client?: Endpoints): net.Socket | Promise<OpenedUpstream> {
   const { host, port } = config.upstream;
   const upstreamTls = config.upstreamTls;
-  if (!upstreamTls) return net.connect({ host, port });
-  if (upstreamTls.mode === 'implicit') return tls.connect({ host, port, ...tlsOptions(config, upstreamTls) });
-  return startTlsUpstream(config, upstreamTls);
+  const header = proxyHeader(config, client);
+  if (upstreamTls?.mode === 'starttls') return startTlsUpstream(config, upstreamTls, header);
+  if (!upstreamTls && !header) return net.connect({ host, port });
+  if (!header && upstreamTls) return tls.connect({ host, port, ...tlsOptions(config, upstreamTls) });
+  // The PROXY header goes first on the TCP connection, before any TLS.
+  const plain = net.connect({ host, port });
+  plain.write(header as Buffer);
+  return upstreamTls ? tls.connect({ socket: plain, ...tlsOptions(config, upstreamTls) }) : plain;
 }
 
 /** Reads whole lines from a socket until `done` says stop; for the short STARTTLS exchange only. */
@@ -116,9 +130,10 @@ export function readLines(socket: net.Socket, maxLineLength: number, done: (line
 
 const text = (line: Buffer) => line.toString('latin1', 0, contentEnd(line));
 
-async function startTlsUpstream(config: UpstreamConfig, upstreamTls: UpstreamTls): Promise<OpenedUpstream> {
+async function startTlsUpstream(config: UpstreamConfig, upstreamTls: UpstreamTls, header: Buffer | null): Promise<OpenedUpstream> {
   const { host, port } = config.upstream;
   const plain = net.connect({ host, port });
+  if (header) plain.write(header);
   const timer = setTimeout(
     () => plain.destroy(new Error(`no TLS connection within ${config.upstreamConnectTimeoutMs} ms`)),
     config.upstreamConnectTimeoutMs,
