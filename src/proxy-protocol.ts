@@ -31,7 +31,15 @@ function familyOf(endpoints: Endpoints): 4 | 6 {
 function ipv6Bytes(address: string): Buffer {
   const unmapped = unmap(address);
   if (net.isIPv4(unmapped)) return Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ...unmapped.split('.').map(Number)]);
-  const [head = '', tail = ''] = unmapped.split('::');
+  // A dotted IPv4 tail (`64:ff9b::192.0.2.1`) stands for the last two groups.
+  const dotted = /^(.*:)(\d+\.\d+\.\d+\.\d+)$/.exec(unmapped);
+  const text = dotted
+    ? `${dotted[1]}${(() => {
+        const [a = 0, b = 0, c = 0, d = 0] = (dotted[2] as string).split('.').map(Number);
+        return `${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+      })()}`
+    : unmapped;
+  const [head = '', tail = ''] = text.split('::');
   const parts = (s: string) => (s === '' ? [] : s.split(':'));
   const groups = [...parts(head), ...Array(8 - parts(head).length - parts(tail).length).fill('0'), ...parts(tail)];
   const out = Buffer.alloc(16);
@@ -80,6 +88,8 @@ export type ParseResult =
   | { readonly kind: 'header'; readonly length: number; readonly endpoints: Endpoints | null };
 
 const V1_MAX = 107;
+
+const isPort = (text: string | undefined): boolean => /^\d{1,5}$/.test(text ?? '') && Number(text) <= 65535;
 const V2_MAX = 16 + 65535;
 
 /** Parses a PROXY header at the start of `data`. */
@@ -112,7 +122,10 @@ export function parseProxyHeader(data: Buffer): ParseResult {
       };
     }
     if (family === 2 && body.length >= 36) {
-      const v6 = (b: Buffer) => [...Array(8).keys()].map((i) => b.readUInt16BE(i * 2).toString(16)).join(':');
+      const v6 = (b: Buffer) =>
+        b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff
+          ? [...b.subarray(12, 16)].join('.') // IPv4-mapped: the IPv4 address itself
+          : [...Array(8).keys()].map((i) => b.readUInt16BE(i * 2).toString(16)).join(':');
       return {
         kind: 'header',
         length,
@@ -138,8 +151,8 @@ export function parseProxyHeader(data: Buffer): ParseResult {
     parts.length === 6 &&
     ((proto === 'TCP4' && net.isIPv4(source ?? '') && net.isIPv4(destination ?? '')) ||
       (proto === 'TCP6' && net.isIPv6(source ?? '') && net.isIPv6(destination ?? ''))) &&
-    /^\d{1,5}$/.test(sourcePort ?? '') &&
-    /^\d{1,5}$/.test(destinationPort ?? '');
+    isPort(sourcePort) &&
+    isPort(destinationPort);
   if (!valid) return { kind: 'invalid', reason: 'malformed PROXY v1 header' };
   return {
     kind: 'header',

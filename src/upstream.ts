@@ -101,7 +101,7 @@ export function readLines(socket: net.Socket, maxLineLength: number, done: (line
           cleanup();
           socket.pause();
           if (buffered.length > 0) {
-            reject(new UpstreamError('the IMAP server sent data the proxy did not ask for during STARTTLS'));
+            reject(new UpstreamError('the IMAP server sent data the proxy did not ask for'));
           } else {
             resolve();
           }
@@ -110,7 +110,7 @@ export function readLines(socket: net.Socket, maxLineLength: number, done: (line
       }
       if (buffered.length > maxLineLength) {
         cleanup();
-        reject(new UpstreamError('the IMAP server sent an over-long line during STARTTLS'));
+        reject(new UpstreamError('the IMAP server sent an over-long line'));
       }
     };
     const onError = (err: Error & { code?: string }) => {
@@ -119,7 +119,7 @@ export function readLines(socket: net.Socket, maxLineLength: number, done: (line
     };
     const onClose = () => {
       cleanup();
-      reject(new UpstreamError('the IMAP server closed the connection during STARTTLS'));
+      reject(new UpstreamError('the IMAP server closed the connection'));
     };
     socket.on('data', onData);
     socket.on('error', onError);
