@@ -32,7 +32,6 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import {
-  access,
   chmod,
   chown,
   constants as fsConstants,
@@ -180,22 +179,9 @@ async function runOk(cmd: string, args: string[], opts: Parameters<typeof run>[2
   return r.stdout;
 }
 
-async function exists(path: string, mode: number = fsConstants.F_OK): Promise<boolean> {
-  try {
-    await access(path, mode);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-const isRoot = (): boolean => process.getuid?.() === 0;
 
-function tailLines(text: string, n: number): string {
-  return text.split('\n').filter((l) => l.length > 0).slice(-n).join('\n');
-}
 
 /** Debian multiarch triplet of this machine (the directory the libraries live in). */
 function multiarch(): string {
@@ -573,6 +559,7 @@ while True:
             bye()
 `;
 import { LineClient } from './line-client.js';
+import { chownTree, exists, isRoot, signalPid, sleep, tailLines } from './util.js';
 
 let catcher: ChildProcess | null = null;
 let flushSeq = 0;
@@ -676,13 +663,6 @@ function installExitHooks(): void {
   }
 }
 
-function signalPid(pid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(pid, signal);
-  } catch {
-    /* already gone */
-  }
-}
 
 /** State letter and ppid from the text of /proc/PID/stat. */
 function parseStat(text: string): { state: string; ppid: number } {
@@ -1305,11 +1285,3 @@ async function waitJmapSession(inst: Instance, user: string, pw: string): Promis
   throw new Error(`JMAP session for ${user} not ready at ${inst.jmapSessionUrl} (last: ${last})`);
 }
 
-async function chownTree(path: string, uid: number, gid: number): Promise<void> {
-  await chown(path, uid, gid);
-  for (const ent of await readdir(path, { withFileTypes: true })) {
-    const p = `${path}/${ent.name}`;
-    if (ent.isDirectory()) await chownTree(p, uid, gid);
-    else await chown(p, uid, gid);
-  }
-}

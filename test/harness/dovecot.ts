@@ -9,9 +9,7 @@
  */
 import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import {
-  access,
   chmod,
-  chown,
   constants as fsConstants,
   mkdir,
   mkdtemp,
@@ -24,6 +22,7 @@ import {
   writeFile,
 } from 'node:fs/promises';
 import net from 'node:net';
+import { chownTree, exists, isRoot, signalPid, sleep, tailLines } from './util.js';
 
 export interface DovecotOptions {
   /** user -> password; default { alice: 'alicepw', bob: 'bobpw' } */
@@ -90,18 +89,8 @@ function run(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<Exec
   });
 }
 
-async function exists(path: string, mode: number = fsConstants.F_OK): Promise<boolean> {
-  try {
-    await access(path, mode);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-const isRoot = (): boolean => process.getuid?.() === 0;
 
 /** uid/gid and names of a system account, via id(1) (works with NSS, not only /etc/passwd). */
 async function lookupAccount(user?: string): Promise<{ uid: number; gid: number; user: string; group: string }> {
@@ -114,9 +103,6 @@ async function lookupAccount(user?: string): Promise<{ uid: number; gid: number;
   return { uid: Number(uid), gid: Number(gid), user: name, group };
 }
 
-function tailLines(text: string, n: number): string {
-  return text.split('\n').filter((l) => l.length > 0).slice(-n).join('\n');
-}
 
 // ---------------------------------------------------------------------------
 // installation
@@ -307,13 +293,6 @@ async function instancePids(dir: string, confPath: string, instanceName: string)
   return pids;
 }
 
-function signalPid(pid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(pid, signal);
-  } catch {
-    /* already gone */
-  }
-}
 
 // ---------------------------------------------------------------------------
 // the instance
@@ -727,11 +706,3 @@ async function waitReady(inst: Instance): Promise<true | string | null> {
   return last;
 }
 
-async function chownTree(path: string, uid: number, gid: number): Promise<void> {
-  await chown(path, uid, gid);
-  for (const ent of await readdir(path, { withFileTypes: true })) {
-    const p = `${path}/${ent.name}`;
-    if (ent.isDirectory()) await chownTree(p, uid, gid);
-    else await chown(p, uid, gid);
-  }
-}
