@@ -13,10 +13,6 @@ import type { Writable } from 'node:stream';
 export class Outbox {
   private buffers: Buffer[] = [];
 
-  get isEmpty(): boolean {
-    return this.buffers.length === 0;
-  }
-
   push(buffer: Buffer): void {
     if (buffer.length === 0) return;
     const last = this.buffers.length - 1;
