@@ -49,6 +49,7 @@ import { Outbox } from './outbox.js';
 import type { Metrics } from './metrics.js';
 import type { Endpoints } from './proxy-protocol.js';
 import { openUpstream, type UpstreamError } from './upstream.js';
+import { pooledOnRead } from './read-buffers.js';
 import { TLS_HANDSHAKE_TIMEOUT_MS, type CertificateStore } from './tls.js';
 
 export type SessionState = 'not-authenticated' | 'authenticated' | 'selected' | 'logout';
@@ -251,7 +252,7 @@ export class Session {
     if (this.config.forwardClientIp === 'id') this.sendClientIdentity();
 
     const connectStarted = Date.now();
-    const opened = openUpstream(this.config, this.peer);
+    const opened = openUpstream(this.config, this.peer, this.upstreamReader());
     if (opened instanceof net.Socket) {
       this.attachUpstream(opened, connectStarted);
       return;
@@ -270,6 +271,20 @@ export class Session {
         this.close('upstream unavailable', '* BYE [UNAVAILABLE] The IMAP server is unavailable, try again later\r\n');
       },
     );
+  }
+
+  /** Upstream bytes are read into reused buffers (read-buffers.ts): this says when one is free again. */
+  private upstreamReader(): net.OnReadOpts {
+    return pooledOnRead({
+      data: (chunk) => this.onUpstreamData(chunk),
+      retained: () =>
+        this.closing ||
+        this.upgrading ||
+        this.held !== null ||
+        this.serverFramer.pendingBytes > 0 ||
+        this.client.writableLength > 0 ||
+        (this.compression !== null && this.compression.deflate.writableLength > 0),
+    });
   }
 
   private upstreamName(): string {

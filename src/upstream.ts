@@ -58,17 +58,24 @@ function tlsOptions(config: UpstreamConfig, upstreamTls: UpstreamTls): tls.Conne
 
 /**
  * A socket for a plain or implicit-TLS upstream, returned at once (writes
- * queue until it connects), or a promise for a STARTTLS upstream.
+ * queue until it connects), or a promise for a STARTTLS upstream. With
+ * `onread`, a plain TCP upstream delivers its bytes there instead of as
+ * 'data' events (see read-buffers.ts).
  */
-export function openUpstream(config: UpstreamConfig, client?: Endpoints): net.Socket | Promise<OpenedUpstream> {
+export function openUpstream(
+  config: UpstreamConfig,
+  client?: Endpoints,
+  onread?: net.OnReadOpts,
+): net.Socket | Promise<OpenedUpstream> {
   const { host, port } = config.upstream;
   const upstreamTls = config.upstreamTls;
   const header = proxyHeader(config, client);
   if (upstreamTls?.mode === 'starttls') return startTlsUpstream(config, upstreamTls, header);
-  if (!upstreamTls && !header) return net.connect({ host, port });
+  // `onread` only where the proxy reads the TCP socket itself: TLS reads its own buffers.
+  if (!upstreamTls && !header) return net.connect({ host, port, onread });
   if (!header && upstreamTls) return tls.connect({ host, port, ...tlsOptions(config, upstreamTls) });
   // The PROXY header goes first on the TCP connection, before any TLS.
-  const plain = net.connect({ host, port });
+  const plain = net.connect({ host, port, onread: upstreamTls ? undefined : onread });
   plain.write(header as Buffer);
   return upstreamTls ? tls.connect({ socket: plain, ...tlsOptions(config, upstreamTls) }) : plain;
 }
