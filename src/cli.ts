@@ -102,6 +102,13 @@ export function parseArgs(argv: string[]): Config & { check: boolean } {
     .option('preauth-timeout', { type: 'string', default: '60s', describe: 'Time a client has to log in' })
     .option('idle-timeout', { type: 'string', default: '31m', describe: 'Close a session after this long without a byte from the client (IDLE clients re-issue IDLE every 29 min)' })
     .option('shutdown-grace', { type: 'string', default: '30s', describe: 'On SIGTERM/SIGINT, let sessions go on this long before saying BYE' })
+    .option('upstream-connect', {
+      type: 'string',
+      choices: ['lazy', 'eager'],
+      default: 'lazy',
+      describe:
+        "lazy: greet with the upstream's last greeting and connect at the client's first command (idle connections cost the IMAP server nothing); eager: connect at once",
+    })
     .option('forward-client-ip', {
       type: 'string',
       choices: ['none', 'id'],
@@ -166,6 +173,7 @@ export function parseArgs(argv: string[]): Config & { check: boolean } {
       idleTimeout: args['idle-timeout'],
       shutdownGrace: args['shutdown-grace'],
       forwardClientIp: args['forward-client-ip'],
+      upstreamConnect: args['upstream-connect'],
       upstreamProxyProtocol: args['upstream-proxy-protocol'],
       acceptProxyProtocol: args['accept-proxy-protocol'],
       trustedProxies: args['trusted-proxies'],

@@ -31,6 +31,11 @@ export interface Config {
   readonly maxLineLength: number;
   /** Milliseconds to wait for the upstream's TCP connection. */
   readonly upstreamConnectTimeoutMs: number;
+  /**
+   * lazy: greet clients with the upstream's last greeting and connect
+   * upstream at the client's first line; eager: connect at once (greeting.ts).
+   */
+  readonly upstreamConnect: 'lazy' | 'eager';
   readonly logLevel: LogLevel;
   /** Implicit-TLS listener (993-style), or null. */
   readonly listenTls: HostPort | null;
@@ -117,6 +122,7 @@ export interface RawConfig {
   idleTimeout?: string | number;
   shutdownGrace?: string | number;
   forwardClientIp?: string;
+  upstreamConnect?: string;
   upstreamProxyProtocol?: string;
   acceptProxyProtocol?: boolean;
   trustedProxies?: string | readonly string[];
@@ -278,6 +284,7 @@ export function validateConfig(raw: RawConfig): Config {
     allowInsecureJmapUrl,
     maxLineLength,
     upstreamConnectTimeoutMs,
+    upstreamConnect: oneOf(raw.upstreamConnect ?? 'lazy', ['lazy', 'eager'] as const, '--upstream-connect'),
     logLevel,
     ...validateClientTls(raw),
     compress: raw.compress ?? true,

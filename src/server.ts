@@ -8,6 +8,7 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { Config, HostPort } from './config.js';
 import { Session, type SessionSnapshot } from './session.js';
+import { GreetingCache } from './greeting.js';
 import { CertificateStore, TLS_HANDSHAKE_TIMEOUT_MS } from './tls.js';
 import { Metrics, type Readiness } from './metrics.js';
 import { parseProxyHeader, type Endpoints } from './proxy-protocol.js';
@@ -71,6 +72,8 @@ export class ProxyServer {
   /** Sources allowed (and required) to send a PROXY header; null without --accept-proxy-protocol. */
   private readonly trustedProxies: net.BlockList | null;
   private readonly sessions = new Set<Session>();
+  /** The upstream's last greeting, for --upstream-connect lazy. */
+  private readonly greetings = new GreetingCache();
   /** Open connections per client address, for --max-connections-per-ip. */
   private readonly perIp = new Map<string, number>();
   private nextId = 1;
@@ -264,7 +267,7 @@ export class ProxyServer {
       socket,
       this.config,
       this.log,
-      { onClose: (ended) => this.onSessionClosed(ended, ip), metrics: this.metrics },
+      { onClose: (ended) => this.onSessionClosed(ended, ip), metrics: this.metrics, greetings: this.greetings },
       { certificates: this.certificates, secure, peer },
     );
     this.sessions.add(session);

@@ -50,6 +50,7 @@ import type { Metrics } from './metrics.js';
 import type { Endpoints } from './proxy-protocol.js';
 import { openUpstream, type UpstreamError } from './upstream.js';
 import { pooledOnRead } from './read-buffers.js';
+import { GreetingCache } from './greeting.js';
 import { TLS_HANDSHAKE_TIMEOUT_MS, type CertificateStore } from './tls.js';
 
 export type SessionState = 'not-authenticated' | 'authenticated' | 'selected' | 'logout';
@@ -124,6 +125,8 @@ export interface SessionEvents {
   /** Called once when both sockets are gone. */
   onClose(session: Session): void;
   readonly metrics: Metrics;
+  /** The upstream's last greeting (shared by the server's sessions); null: always connect at once. */
+  readonly greetings: GreetingCache | null;
 }
 
 export class Session {
@@ -155,7 +158,16 @@ export class Session {
   private state: SessionState = 'not-authenticated';
   private authentication: Authentication | null = null;
   private objectId: ObjectIdKnowledge = 'unknown';
+  /** True once the client has its greeting (the upstream's, or the remembered one). */
   private greeted = false;
+  /** True once the upstream itself greeted. */
+  private upstreamGreeted = false;
+  /**
+   * Lazy upstream (greeting.ts): 'waiting' while the client has the
+   * remembered greeting and has not sent a line yet; 'greeting' while the
+   * upstream's own greeting is awaited, to be read and not shown.
+   */
+  private lazy: 'off' | 'waiting' | 'greeting' = 'off';
   /** True until the greeting's capability list (or the first tagged response) went by. */
   private greetingPhase = true;
 
@@ -249,8 +261,17 @@ export class Session {
     );
     this.attachClient(client);
     this.armTimeout();
-    if (this.config.forwardClientIp === 'id') this.sendClientIdentity();
+    const remembered = this.config.upstreamConnect === 'lazy' ? this.events.greetings?.get() : null;
+    if (remembered) {
+      this.lazy = 'waiting';
+      this.onUpstreamData(remembered);
+      return;
+    }
+    this.connectUpstream();
+  }
 
+  private connectUpstream(): void {
+    if (this.config.forwardClientIp === 'id') this.sendClientIdentity();
     const connectStarted = Date.now();
     const opened = openUpstream(this.config, this.peer, this.upstreamReader());
     if (opened instanceof net.Socket) {
@@ -266,6 +287,7 @@ export class Session {
         this.flush();
       },
       (err: UpstreamError) => {
+        this.upstreamLost();
         this.events.metrics.upstreamConnectFailures.inc({ code: err.code ?? 'ERROR' });
         this.log.warn({ err: err.message, code: err.code, upstream: this.config.upstream }, 'upstream connect failed');
         this.close('upstream unavailable', '* BYE [UNAVAILABLE] The IMAP server is unavailable, try again later\r\n');
@@ -444,8 +466,10 @@ export class Session {
     const upstream = this.upstream;
     if (this.closing) return;
     if (!upstream) {
-      // Nothing can be relayed before the upstream link exists (STARTTLS toward it).
-      if (!this.client.isPaused()) this.client.pause();
+      // Nothing can be relayed before the upstream link exists (STARTTLS
+      // toward it), but a lazy session reads until the client's first line.
+      const readClient = this.lazy === 'waiting' && !this.clientHeld;
+      if (readClient === this.client.isPaused()) readClient ? this.client.resume() : this.client.pause();
       return;
     }
     if (this.upgrading) return; // the TLS handshake owns the client socket
@@ -466,6 +490,8 @@ export class Session {
    */
   private onClientEnd(): void {
     this.clientEnded = true;
+    // Gone before its first command: there is no upstream to tell.
+    if (this.lazy === 'waiting') return this.close('client closed');
     this.passClientEnd();
   }
 
@@ -479,7 +505,18 @@ export class Session {
   }
 
   private onUpstreamEnd(): void {
+    this.upstreamLost();
     this.close('upstream closed', this.byeIfUnannounced('Connection to the IMAP server was lost'));
+  }
+
+  /**
+   * The upstream failed or went away unasked: until it greets again, new
+   * clients are connected at once (and told BYE if it is down) rather than
+   * greeted on its behalf.
+   */
+  private upstreamLost(): void {
+    if (this.closing || this.state === 'logout' || this.clientEnded) return;
+    this.events.greetings?.forget();
   }
 
   private onClientClose(): void {
@@ -489,7 +526,8 @@ export class Session {
   }
 
   private onUpstreamClose(): void {
-    if (!this.greeted) {
+    this.upstreamLost();
+    if (!this.upstreamGreeted) {
       this.close('upstream unavailable', '* BYE [UNAVAILABLE] The IMAP server is unavailable, try again later\r\n');
       return;
     }
@@ -497,7 +535,7 @@ export class Session {
   }
 
   private onSocketError(side: 'client' | 'upstream', err: Error & { code?: string }): void {
-    if (side === 'upstream' && !this.greeted) {
+    if (side === 'upstream' && !this.upstreamGreeted) {
       this.events.metrics.upstreamConnectFailures.inc({ code: err.code ?? 'ERROR' });
       this.log.warn({ err: err.message, code: err.code, upstream: this.config.upstream }, 'upstream connect failed');
     } else {
@@ -569,6 +607,14 @@ export class Session {
   // -------------------------------------------------------- client → upstream
 
   private onClientLine(line: Buffer, literal: LiteralAnnouncement | null, first: boolean): void {
+    if (this.lazy !== 'off') {
+      // The client spoke: connect now; its line waits for the upstream's greeting.
+      if (this.lazy === 'waiting') {
+        this.lazy = 'greeting';
+        this.connectUpstream();
+      }
+      return this.holdClientLine();
+    }
     if (!first) return this.onClientContinuationLine(line, literal);
     if (this.clientMode === 'idle') {
       // Whatever the client sends during IDLE ends it (the server reads it as
@@ -880,6 +926,7 @@ export class Session {
   // -------------------------------------------------------- upstream → client
 
   private onServerLine(line: Buffer, first: boolean): void {
+    if (this.lazy === 'greeting') return this.onLazyGreeting(line);
     if (!first) return this.emit(line);
     const response = classifyResponse(line);
     switch (response.kind) {
@@ -893,7 +940,10 @@ export class Session {
         this.releaseHeld();
         return this.emit(line);
       case 'untagged': {
-        if (response.status !== null) this.greeted = true;
+        if (response.status !== null) {
+          this.greeted = true;
+          if (this.lazy === 'off') this.upstreamGreeted = true;
+        }
         if (response.status === 'PREAUTH') this.setAuthenticated(null);
         else if (response.status === 'BYE') this.state = 'logout';
         if (response.word === 'ID' && this.inFlight[0]?.kind === 'client-id') return; // the answer to the proxy's own ID
@@ -904,7 +954,10 @@ export class Session {
         // authentication process" first), or anything up to the first tagged
         // response when the greeting carries no list.
         const greeting = this.greetingPhase;
-        if (greeting && response.status !== null && (span || response.status !== 'OK')) this.greetingPhase = false;
+        if (greeting && response.status !== null && (span || response.status !== 'OK')) {
+          this.greetingPhase = false;
+          if (this.lazy === 'off') this.events.greetings?.record(line);
+        }
         if (!span) return this.emit(line);
         if (response.word === 'CAPABILITY' && this.probeInFlight()) {
           this.objectId = hasCapability(capabilityAtoms(line, span), 'OBJECTID') ? 'present' : 'absent';
@@ -930,6 +983,31 @@ export class Session {
       case 'tagged':
         return this.onTaggedResponse(line, response.tag, response.status, response);
     }
+  }
+
+  /**
+   * The upstream's own greeting, on a lazy session whose client already has
+   * the remembered one: read and not shown, unless it says something else.
+   */
+  private onLazyGreeting(line: Buffer): void {
+    this.upstreamGreeted = true;
+    if (GreetingCache.usable(line)) {
+      this.events.greetings?.record(line);
+      this.lazy = 'off';
+      return; // onUpstreamData lets the held client line go
+    }
+    const response = classifyResponse(line);
+    // Dovecot's "* OK Waiting for authentication process to respond..": the greeting follows.
+    if (response.kind === 'untagged' && response.status === 'OK') return;
+    this.events.greetings?.forget();
+    this.lazy = 'off';
+    if (response.kind === 'untagged' && response.status === 'BYE') {
+      this.state = 'logout';
+      this.emit(line); // the server's own reason; it closes the link next
+      return;
+    }
+    this.log.warn({ greeting: response.kind === 'untagged' ? response.status : response.kind }, 'the upstream greeted differently than before');
+    this.close('upstream greeting changed', '* BYE [UNAVAILABLE] The IMAP server is unavailable, try again later\r\n');
   }
 
   private onTaggedResponse(

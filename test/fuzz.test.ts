@@ -232,7 +232,9 @@ interface Rig {
 
 async function rig(t: Test, maxLineLength = 1024): Promise<Rig> {
   const upstream = await startScriptedUpstream();
-  const proxy = await startProxy({ upstreamPort: upstream.port, maxLineLength, logLevel: 'warn' });
+  // Eager: every client connection has its scripted upstream connection at once,
+  // which connect() below relies on (the lazy path has its own tests).
+  const proxy = await startProxy({ upstreamPort: upstream.port, maxLineLength, logLevel: 'warn', upstreamConnect: 'eager' });
   t.teardown(async () => {
     await proxy.close();
     await upstream.close();

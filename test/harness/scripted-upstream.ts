@@ -120,11 +120,16 @@ export async function startScriptedUpstream(): Promise<ScriptedUpstream> {
       const ready = queue.shift();
       if (ready) return Promise.resolve(ready);
       return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error('scripted upstream: no connection')), timeoutMs);
-        waiting.push((c) => {
+        const waiter = (c: ScriptedConnection) => {
           clearTimeout(timer);
           resolve(c);
-        });
+        };
+        const timer = setTimeout(() => {
+          // A later connection must not go to a caller that gave up.
+          waiting.splice(waiting.indexOf(waiter), 1);
+          reject(new Error('scripted upstream: no connection'));
+        }, timeoutMs);
+        waiting.push(waiter);
       });
     },
     close() {
