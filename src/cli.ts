@@ -4,15 +4,25 @@
  * validated Config, then the server. Exit status 2 for any bad flag.
  */
 
+import cluster from 'node:cluster';
 import { readFileSync } from 'node:fs';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { ConfigError, DEFAULT_MAX_LINE_LENGTH, describeConfig, DEFAULT_MECHANISMS, validateConfig, type Config } from './config.js';
+import {
+  ConfigError,
+  DEFAULT_MAX_LINE_LENGTH,
+  describeConfig,
+  DEFAULT_MECHANISMS,
+  MAX_WORKERS,
+  validateConfig,
+  type Config,
+} from './config.js';
 import { createLogger } from './logger.js';
 import { ProxyServer } from './server.js';
 import { startMetricsServer } from './metrics.js';
 import { checkUpstream } from './check.js';
-import { CertificateError } from './tls.js';
+import { CertificateError, CertificateStore } from './tls.js';
+import { runPrimary, runWorker } from './cluster.js';
 
 const EXIT_USAGE = 2;
 
@@ -131,6 +141,11 @@ export function parseArgs(argv: string[]): Config & { check: boolean } {
       describe: 'Read a HAProxy PROXY v1/v2 header from connections coming from --trusted-proxies (and require one from them)',
     })
     .option('trusted-proxies', { type: 'string', describe: 'Comma list of load-balancer addresses or CIDR ranges' })
+    .option('workers', {
+      type: 'string',
+      default: '1',
+      describe: `Processes serving clients: 1 (one process), 2-${MAX_WORKERS} (a primary and that many workers sharing the listeners), or auto (one per CPU)`,
+    })
     .option('log-level', {
       type: 'string',
       choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
@@ -177,6 +192,7 @@ export function parseArgs(argv: string[]): Config & { check: boolean } {
       upstreamProxyProtocol: args['upstream-proxy-protocol'],
       acceptProxyProtocol: args['accept-proxy-protocol'],
       trustedProxies: args['trusted-proxies'],
+      workers: args.workers,
     });
     return { ...config, check: args.check };
   } catch (err) {
@@ -193,6 +209,8 @@ async function main(): Promise<void> {
     process.exit(report.ok ? 0 : 1);
   }
   const log = createLogger(config.logLevel);
+  // A worker forked by the primary (--workers N): the primary has logged the warnings below.
+  if (cluster.isWorker) return runWorker(config, log);
   if (config.objectId === 'assume') {
     log.warn('--objectid assume: JMAPACCESS is granted even when the upstream does not offer OBJECTID (RFC 9698 requires it)');
   }
@@ -201,6 +219,16 @@ async function main(): Promise<void> {
   }
   if (config.jmapUrl.startsWith('http:')) {
     log.warn({ jmapUrl: config.jmapUrl }, 'the JMAP URL is not https (--allow-insecure-jmap-url); clients would send credentials in clear');
+  }
+  if (config.workers > 1) {
+    // Refuse unusable certificates here, once, as a single process would, rather than in every worker.
+    try {
+      if (config.tls) new CertificateStore(config.tls, log);
+    } catch (err) {
+      if (err instanceof CertificateError) usageError(`--tls-cert/--tls-key: ${err.message}`);
+      throw err;
+    }
+    return runPrimary(config, log);
   }
   let server: ProxyServer;
   try {

@@ -5,6 +5,7 @@
 
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { availableParallelism } from 'node:os';
 import { quoteImapString } from './imap/quote.js';
 
 export type ObjectIdMode = 'require' | 'assume';
@@ -65,6 +66,11 @@ export interface Config {
   readonly acceptProxyProtocol: boolean;
   /** Addresses or CIDR ranges of load balancers (with --accept-proxy-protocol). */
   readonly trustedProxies: readonly string[];
+  /**
+   * Processes serving clients: 1 is a single process (no cluster); more
+   * means a primary process and this many workers sharing the listeners.
+   */
+  readonly workers: number;
 }
 
 export interface UpstreamTls {
@@ -126,12 +132,16 @@ export interface RawConfig {
   upstreamProxyProtocol?: string;
   acceptProxyProtocol?: boolean;
   trustedProxies?: string | readonly string[];
+  /** A count, or `auto` for one per available CPU. */
+  workers?: string | number;
 }
 
 export const DEFAULT_MECHANISMS = ['LOGIN', 'PLAIN', 'OAUTHBEARER', 'XOAUTH2'] as const;
 export const DEFAULT_MAX_LINE_LENGTH = 65536;
 const MIN_LINE_LENGTH = 1024;
 const MAX_LINE_LENGTH = 16 * 1024 * 1024;
+/** Sanity bound for --workers (and the cap of `auto`). */
+export const MAX_WORKERS = 64;
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 /** `HOST:PORT`, `[v6]:PORT`, or `:PORT` / `PORT` meaning all interfaces. */
@@ -299,7 +309,19 @@ export function validateConfig(raw: RawConfig): Config {
       ? oneOf(raw.upstreamProxyProtocol, ['v1', 'v2'] as const, '--upstream-proxy-protocol')
       : null,
     ...validateProxyProtocol(raw),
+    workers: parseWorkers(raw.workers ?? 1),
   };
+}
+
+/** `auto` (one per available CPU, at most MAX_WORKERS) or a whole number from 1 to MAX_WORKERS. */
+export function parseWorkers(value: string | number, cpus: () => number = availableParallelism): number {
+  const text = String(value).trim().toLowerCase();
+  if (text === 'auto') return Math.max(1, Math.min(MAX_WORKERS, cpus()));
+  const n = /^\d+$/.test(text) ? Number(text) : NaN;
+  if (!Number.isInteger(n) || n < 1 || n > MAX_WORKERS) {
+    throw new ConfigError(`--workers: must be a whole number from 1 to ${MAX_WORKERS}, or auto; got "${String(value)}"`);
+  }
+  return n;
 }
 
 function asList(value: string | readonly string[] | undefined): string[] {

@@ -7,7 +7,7 @@
  */
 
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Logger } from 'pino';
 import type { HostPort } from './config.js';
@@ -115,12 +115,34 @@ export interface Readiness {
 }
 
 /**
+ * What /metrics serves: a process's own Metrics, or (with --workers) the
+ * primary's aggregation over its workers.
+ */
+export interface MetricsSource {
+  readonly registry: { metrics(): Promise<string>; readonly contentType: string };
+}
+
+/** The upstream half of /readyz: does the upstream accept a TCP connection within 2 s? */
+export function probeUpstream({ host, port }: HostPort): Promise<Readiness> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host, port });
+    const done = (readiness: Readiness) => {
+      socket.destroy();
+      resolve(readiness);
+    };
+    socket.setTimeout(2000, () => done({ ready: false, reason: `upstream ${host}:${port}: no answer within 2 s` }));
+    socket.once('connect', () => done({ ready: true, reason: 'ready' }));
+    socket.once('error', (err) => done({ ready: false, reason: `upstream ${host}:${port}: ${err.message}` }));
+  });
+}
+
+/**
  * `GET /healthz`: the process is alive. `GET /readyz`: the upstream accepts
  * connections and the proxy is not draining. `GET /metrics`: Prometheus.
  */
 export function startMetricsServer(
   listen: HostPort,
-  metrics: Metrics,
+  metrics: MetricsSource,
   readiness: () => Promise<Readiness>,
   log: Logger,
 ): Promise<{ server: http.Server; address: AddressInfo }> {

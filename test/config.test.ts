@@ -12,6 +12,7 @@ import {
   parseDuration,
   parseHostPort,
   parseUpstream,
+  parseWorkers,
   parseUpstreamUrl,
   validateConfig,
   validateJmapUrl,
@@ -303,5 +304,18 @@ t.test('validateConfig: refusals', async (t) => {
   ];
   for (const [name, overrides, message] of cases) {
     t.throws(() => validateConfig(raw(overrides)), { name: 'ConfigError', message }, name);
+  }
+});
+
+t.test('parseWorkers: a count from 1 to 64, or auto (one per CPU, capped)', async (t) => {
+  t.equal(validateConfig(raw()).workers, 1, 'one process by default');
+  t.equal(validateConfig(raw({ workers: '4' })).workers, 4);
+  t.equal(validateConfig(raw({ workers: 8 })).workers, 8);
+  t.equal(parseWorkers('auto', () => 6), 6);
+  t.equal(parseWorkers(' AUTO ', () => 6), 6);
+  t.equal(parseWorkers('auto', () => 256), 64, 'auto is capped at 64');
+  t.equal(parseWorkers('64'), 64);
+  for (const bad of ['0', '65', '-2', '1.5', 'two', '', '4x', 0, 2.5]) {
+    t.throws(() => parseWorkers(bad), new ConfigError(`--workers: must be a whole number from 1 to 64, or auto; got "${String(bad)}"`), JSON.stringify(bad));
   }
 });
