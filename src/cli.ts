@@ -31,6 +31,9 @@ function version(): string {
   return pkg.version;
 }
 
+/** Flags that may be given more than once (certificate pairs, lists). */
+const REPEATABLE_FLAGS = new Set(['tls-cert', 'tls-key', 'trusted-proxies']);
+
 function usageError(message: string): never {
   process.stderr.write(`jmapaccess-proxy: ${message}\nTry --help for the list of flags.\n`);
   process.exit(EXIT_USAGE);
@@ -159,6 +162,11 @@ export function parseArgs(argv: string[]): Config & { check: boolean } {
     .wrap(Math.min(110, process.stdout.columns || 110))
     .fail((message, err) => usageError(err?.message ?? message))
     .parseSync();
+
+  // yargs turns a flag given twice into an array; only these may repeat.
+  for (const [key, value] of Object.entries(args)) {
+    if (Array.isArray(value) && /^[a-z][a-z-]*$/.test(key) && !REPEATABLE_FLAGS.has(key)) usageError(`--${key}: given more than once`);
+  }
 
   try {
     const config = validateConfig({

@@ -249,7 +249,8 @@ export class ProxyServer {
   }
 
   private onConnection(socket: net.Socket, secure: boolean, peer?: Endpoints): void {
-    const ip = socket.remoteAddress ?? '';
+    // Behind a load balancer the limit is per client, not per balancer.
+    const ip = peer?.sourceAddress || socket.remoteAddress || '';
     const refusal = this.limitReached(ip);
     if (refusal) {
       this.metrics.connectionsRefused.inc({ reason: refusal });

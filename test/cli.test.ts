@@ -138,6 +138,8 @@ t.test('usage errors: exit status 2 and a message naming the problem', async (t)
     { name: 'bad --listen', args: [...REQUIRED, '--listen', 'nowhere'], stderr: /--listen: expected HOST:PORT/ },
     { name: 'bad --upstream-connect-timeout', args: [...REQUIRED, '--upstream-connect-timeout', 'soon'], stderr: /--upstream-connect-timeout/ },
     { name: 'bad --jmap-mechanisms', args: [...REQUIRED, '--jmap-mechanisms', 'PLAIN,A B'], stderr: /--jmap-mechanisms: "A B"/ },
+    { name: '--listen twice', args: [...REQUIRED, '--listen', '127.0.0.1:1', '--listen', '127.0.0.1:2'], stderr: /--listen: given more than once/ },
+    { name: '--upstream-connect sometimes', args: [...REQUIRED, '--upstream-connect', 'sometimes'], stderr: /upstream-connect.*sometimes/s },
   ];
   await Promise.all(
     cases.map(async (c) => {

@@ -227,6 +227,19 @@ t.test('a trusted source whose header names a port above 65535 is cut off, even 
   t.match(await waitForLog(proxy, 'connection from a trusted proxy without a valid PROXY header', 500), { peer: '127.0.0.1' });
 });
 
+t.test('--max-connections-per-ip counts the addresses in the PROXY headers, not the balancer', async (t) => {
+  const proxy = await proxyFor(t, dovecot.port, { ...ACCEPTING, maxConnectionsPerIp: 1 });
+  const open = async (source: string): Promise<string> => {
+    const client = await connect(t, proxy.port);
+    client.send(`PROXY TCP4 ${source} 127.0.0.1 40100 143\r\n`);
+    return greeting(client);
+  };
+  t.match(await open('192.0.2.31'), /^\* OK /, 'a first client behind the balancer');
+  t.match(await open('192.0.2.32'), /^\* OK /, 'another client behind the same balancer');
+  t.match(await open('192.0.2.31'), /^\* BYE \[UNAVAILABLE\] Too many connections/, 'the first client again: over its limit');
+  t.match(await waitForLog(proxy, 'connection refused'), { peer: '192.0.2.31', limit: 'max-connections-per-ip' });
+});
+
 t.test('an untrusted source: a PROXY line is just a bad IMAP command', async (t) => {
   const proxy = await proxyFor(t, dovecot.port, ACCEPTING);
   const client = await connect(t, proxy.port, '127.0.0.2');
