@@ -22,6 +22,7 @@ import {
   writeFile,
 } from 'node:fs/promises';
 import net from 'node:net';
+import { createHmac, randomBytes } from 'node:crypto';
 import { chownTree, exists, isRoot, signalPid, sleep, tailLines } from './util.js';
 
 export interface DovecotOptions {
@@ -33,6 +34,12 @@ export interface DovecotOptions {
   compress?: boolean;
   /** appended verbatim to the end of dovecot.conf (later settings win) */
   extraConfig?: string;
+  /**
+   * OAUTHBEARER and XOAUTH2 against Dovecot's own `passdb oauth2`, validating
+   * HS256 JWTs locally with a key the harness makes (no OAuth server);
+   * mint tokens with Dovecot.mintToken(). Default false.
+   */
+  oauth?: boolean;
 }
 
 export interface Dovecot {
@@ -56,6 +63,11 @@ export interface Dovecot {
   killAll(): Promise<void>;
   /** Contents of the Dovecot log (still available after stop()). */
   readLog(): Promise<string>;
+  /**
+   * With `oauth: true`: a JWT (HS256; claims sub, iat, exp) Dovecot accepts
+   * as the bearer token of `user` for OAUTHBEARER and XOAUTH2.
+   */
+  mintToken(user: string, ttlSeconds?: number): string;
 }
 
 export const DOVECOT_BIN = '/usr/sbin/dovecot';
@@ -313,6 +325,7 @@ class Instance implements Dovecot {
     readonly dir: string,
     readonly port: number,
     readonly users: Record<string, string>,
+    private readonly oauthKey: Buffer | null = null,
   ) {
     this.logPath = `${dir}/log`;
     this.confPath = `${dir}/dovecot.conf`;
@@ -321,6 +334,16 @@ class Instance implements Dovecot {
 
   maildir(user: string): string {
     return `${this.dir}/mail/${user}/Maildir`;
+  }
+
+  mintToken(user: string, ttlSeconds = 3600): string {
+    if (!this.oauthKey) throw new Error('this Dovecot was started without oauth: true');
+    const b64url = (data: string | Buffer) => Buffer.from(data).toString('base64url');
+    const now = Math.floor(Date.now() / 1000);
+    const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
+    const claims = b64url(JSON.stringify({ sub: user, iat: now, exp: now + ttlSeconds }));
+    const signature = createHmac('sha256', this.oauthKey).update(`${head}.${claims}`).digest('base64url');
+    return `${head}.${claims}.${signature}`;
   }
 
   /** Spawn the master with stdout/stderr appended to the log. */
@@ -518,6 +541,7 @@ function buildConfig(p: {
   id: Identity;
   mechanisms: string[];
   compress: boolean;
+  oauth: boolean;
   extra: string | undefined;
 }): string {
   const { dir, port, id } = p;
@@ -578,7 +602,18 @@ protocol imap {
 
 passdb {
   driver = passwd-file
-  args = scheme=PLAIN username_format=%u ${dir}/users
+${p.oauth ? '  mechanisms = plain login\n' : ''}  args = scheme=PLAIN username_format=%u ${dir}/users
+}
+${
+  p.oauth
+    ? `# OAUTHBEARER/XOAUTH2: HS256 JWTs checked against ${dir}/oauth2-keys/default/HS256/default
+passdb {
+  driver = oauth2
+  mechanisms = oauthbearer xoauth2
+  args = ${dir}/dovecot-oauth2.conf.ext
+}
+`
+    : ''
 }
 userdb {
   driver = passwd-file
@@ -622,7 +657,9 @@ export async function startDovecot(opts: DovecotOptions = {}): Promise<Dovecot> 
     if (!/^[A-Za-z0-9._@+-]+$/.test(u) || u.startsWith('.')) throw new Error(`unsupported user name for passwd-file: ${JSON.stringify(u)}`);
     if (/[:\r\n\0]/.test(pw)) throw new Error(`unsupported password for user ${u} (contains ':' or a newline)`);
   }
-  const mechanisms = opts.authMechanisms ?? ['plain', 'login'];
+  const oauth = opts.oauth ?? false;
+  const mechanisms = opts.authMechanisms ?? (oauth ? ['plain', 'login', 'oauthbearer', 'xoauth2'] : ['plain', 'login']);
+  const oauthKey = randomBytes(32);
   const compress = opts.compress !== false;
 
   if (!(await exists(DOVECOT_BIN, fsConstants.X_OK))) {
@@ -647,6 +684,16 @@ export async function startDovecot(opts: DovecotOptions = {}): Promise<Dovecot> 
       for (const sub of ['cur', 'new', 'tmp']) await mkdir(`${dir}/mail/${u}/Maildir/${sub}`, { recursive: true });
     }
     await writeFile(`${dir}/users`, passwd.join('\n') + '\n', { mode: 0o644 });
+    if (oauth) {
+      // Key file path: <prefix>/<azp>/<alg>/<kid>, azp and kid "default".
+      await mkdir(`${dir}/oauth2-keys/default/HS256`, { recursive: true, mode: 0o755 });
+      await writeFile(`${dir}/oauth2-keys/default/HS256/default`, oauthKey.toString('base64'), { mode: 0o644 });
+      await writeFile(
+        `${dir}/dovecot-oauth2.conf.ext`,
+        `introspection_mode = local\nlocal_validation_key_dict = fs:posix:prefix=${dir}/oauth2-keys/\nusername_attribute = sub\n`,
+        { mode: 0o644 },
+      );
+    }
     if (isRoot()) await chownTree(`${dir}/mail`, id.mailUid, id.mailGid);
 
     for (let attempt = 1; ; attempt++) {
@@ -654,7 +701,7 @@ export async function startDovecot(opts: DovecotOptions = {}): Promise<Dovecot> 
       // Dovecot binds it; that shows up as "Address already in use" and we
       // simply retry on a new port.
       const port = await freePort('127.0.0.1');
-      const conf = buildConfig({ dir, port, id, mechanisms, compress, extra: opts.extraConfig });
+      const conf = buildConfig({ dir, port, id, mechanisms, compress, oauth, extra: opts.extraConfig });
       await writeFile(`${dir}/dovecot.conf`, conf, { mode: 0o644 });
 
       // Validate first so config mistakes produce Dovecot's own message.
@@ -663,7 +710,7 @@ export async function startDovecot(opts: DovecotOptions = {}): Promise<Dovecot> 
         throw new Error(`dovecot config check failed (exit ${check.code}):\n${check.stderr || check.stdout}`);
       }
 
-      inst = new Instance(dir, port, users);
+      inst = new Instance(dir, port, users, oauth ? oauthKey : null);
       installExitHooks();
       await inst.spawnMaster();
       const last = await waitReady(inst);
