@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import type { Config, HostPort } from './config.js';
 import { Session, type SessionSnapshot } from './session.js';
 import { GreetingCache } from './greeting.js';
+import { staticJmapPolicy, type JmapPolicy } from './jmapaccess.js';
 import { CertificateStore, TLS_HANDSHAKE_TIMEOUT_MS } from './tls.js';
 import { Metrics, type Readiness } from './metrics.js';
 import { parseProxyHeader, type Endpoints } from './proxy-protocol.js';
@@ -74,6 +75,8 @@ export class ProxyServer {
   private readonly sessions = new Set<Session>();
   /** The upstream's last greeting, for --upstream-connect lazy. */
   private readonly greetings = new GreetingCache();
+  /** Per-user JMAP URLs and --jmap-verify, for every session. */
+  private readonly jmap: JmapPolicy;
   /** Open connections per client address, for --max-connections-per-ip. */
   private readonly perIp = new Map<string, number>();
   private nextId = 1;
@@ -85,6 +88,7 @@ export class ProxyServer {
   /** Throws CertificateError when a configured certificate cannot be used. */
   constructor(config: Config, log: Logger) {
     this.config = config;
+    this.jmap = staticJmapPolicy(config);
     this.log = log;
     this.certificates = config.tls ? new CertificateStore(config.tls, log) : null;
     this.metrics = new Metrics(() => {
@@ -268,7 +272,7 @@ export class ProxyServer {
       socket,
       this.config,
       this.log,
-      { onClose: (ended) => this.onSessionClosed(ended, ip), metrics: this.metrics, greetings: this.greetings },
+      { onClose: (ended) => this.onSessionClosed(ended, ip), metrics: this.metrics, greetings: this.greetings, jmap: this.jmap },
       { certificates: this.certificates, secure, peer },
     );
     this.sessions.add(session);

@@ -42,9 +42,14 @@ import {
   needsObjectIdProbe,
   type Authentication,
   type Decision,
+  type JmapPolicy,
+  type JmapTarget,
   type ObjectIdKnowledge,
   type SessionFacts,
+  type Verification,
+  type VerifyResult,
 } from './jmapaccess.js';
+import { loginCredentials, saslCredentials, type LoginSecret } from './imap/credentials.js';
 import { Outbox } from './outbox.js';
 import type { Metrics } from './metrics.js';
 import type { Endpoints } from './proxy-protocol.js';
@@ -66,6 +71,12 @@ interface InFlight {
   readonly mechanism?: string;
   /** For login/authenticate: the identity, once known. */
   user?: string;
+  /** For login/authenticate: this identity's JMAP server (jmapaccess.ts), once the identity is known. */
+  jmap?: JmapTarget;
+  /** For login/authenticate with --jmap-verify: the probe of the JMAP server. */
+  verification?: Verification;
+  /** For AUTHENTICATE with --jmap-verify: the SASL responses until the secret is read (at most two). */
+  saslResponses?: string[];
 }
 
 /** The client command whose lines and literals are arriving now. */
@@ -75,9 +86,12 @@ interface CurrentCommand {
   readonly discard: boolean;
   /** The reply to write when a discarded command ends. */
   readonly replyAtEnd?: string;
-  /** LOGIN's user name arrives as a literal: keep up to USER_CAPTURE_LIMIT bytes of it. */
-  captureUser: boolean;
-  captured?: Buffer[];
+  /**
+   * LOGIN with literals: the command's bytes (lines and literals), up to
+   * LOGIN_CAPTURE_LIMIT, read for the user (and the password, for
+   * --jmap-verify) once the command is complete, then zeroed.
+   */
+  capture: Buffer[] | null;
   capturedLength?: number;
 }
 
@@ -91,7 +105,7 @@ interface HeldResponses {
   bytes: number;
 }
 
-const USER_CAPTURE_LIMIT = 256;
+const LOGIN_CAPTURE_LIMIT = 16 * 1024;
 /** Invalid command lines in a row after which the client is disconnected. */
 const MAX_INVALID_COMMANDS = 10;
 /** How long a closing connection may take to flush before it is destroyed. */
@@ -127,6 +141,8 @@ export interface SessionEvents {
   readonly metrics: Metrics;
   /** The upstream's last greeting (shared by the server's sessions); null: always connect at once. */
   readonly greetings: GreetingCache | null;
+  /** Per-user JMAP URLs and --jmap-verify (shared by the server's sessions). */
+  readonly jmap: JmapPolicy;
 }
 
 export class Session {
@@ -181,6 +197,9 @@ export class Session {
   private saslResponses = 0;
   /** The command whose synchronizing literal waits for the server's `+`. */
   private awaitingGoAhead: InFlight | null = null;
+  /** The login whose tagged OK waits for the JMAP server's answer (--jmap-verify). */
+  private awaitingVerification: InFlight | null = null;
+  private readonly jmapPolicy: JmapPolicy;
   private held: HeldResponses | null = null;
   private probeCounter = 0;
   private invalidCommands = 0;
@@ -209,6 +228,7 @@ export class Session {
     };
     this.config = config;
     this.events = events;
+    this.jmapPolicy = events.jmap;
     this.log = log.child({ conn: id });
     this.clientFramer = new Framer(
       {
@@ -478,7 +498,8 @@ export class Session {
     // A paused inflater also bounds what a small compressed input can expand to.
     const inflate = this.compression?.inflate;
     if (inflate && readClient === inflate.isPaused()) readClient ? inflate.resume() : inflate.pause();
-    const readUpstream = !this.clientOutputFull();
+    // A paused server framer (a login's OK waiting for --jmap-verify) stops reading too.
+    const readUpstream = !this.clientOutputFull() && !this.serverFramer.isPaused;
     if (readUpstream === upstream.isPaused()) readUpstream ? upstream.resume() : upstream.pause();
   }
 
@@ -655,45 +676,66 @@ export class Session {
   private onClientLiteral(chunk: Buffer): void {
     const current = this.current;
     if (current?.discard) return;
-    if (current?.captureUser) {
-      const captured = (current.captured ??= []);
-      const have = current.capturedLength ?? 0;
-      if (have < USER_CAPTURE_LIMIT) {
-        const piece = chunk.subarray(0, USER_CAPTURE_LIMIT - have);
-        captured.push(Buffer.from(piece));
-        current.capturedLength = have + piece.length;
-      }
-    }
+    if (current?.capture) this.captureLogin(current, chunk);
     this.toUpstream.push(chunk);
   }
 
-  private onClientLiteralEnd(): void {
-    const current = this.current;
-    if (current?.captureUser && current.entry) {
-      current.entry.user = Buffer.concat(current.captured ?? []).toString('utf8');
-      current.captureUser = false;
-      current.captured = undefined;
+  private onClientLiteralEnd(): void {}
+
+  /** Keeps a copy of LOGIN's bytes, bounded: a longer LOGIN is forwarded but not read. */
+  private captureLogin(current: CurrentCommand, bytes: Buffer): void {
+    const capture = current.capture as Buffer[];
+    const have = current.capturedLength ?? 0;
+    if (have + bytes.length > LOGIN_CAPTURE_LIMIT) {
+      for (const piece of capture) piece.fill(0);
+      current.capture = null;
+      return;
     }
+    capture.push(Buffer.from(bytes));
+    current.capturedLength = have + bytes.length;
+  }
+
+  /** LOGIN's last line: read the user and password from the captured bytes, then zero them. */
+  private endLoginCapture(current: CurrentCommand, lastLine: Buffer): void {
+    this.captureLogin(current, lastLine);
+    const capture = current.capture;
+    current.capture = null;
+    const entry = current.entry;
+    if (!capture || !entry) return;
+    const command = Buffer.concat(capture);
+    for (const piece of capture) piece.fill(0);
+    const credentials = loginCredentials(command);
+    command.fill(0);
+    if (!credentials) return;
+    entry.user = credentials.user;
+    this.startVerification(entry, { kind: 'password', user: credentials.user, secret: credentials.password });
   }
 
   /** Sends a line upstream as part of the current command. */
   private forwardLine(line: Buffer, literal: LiteralAnnouncement | null, entry: InFlight | null): void {
     this.toUpstream.push(line);
+    const current = this.current;
     if (literal) {
+      if (current?.capture) this.captureLogin(current, line);
       if (literal.synchronizing && entry) this.awaitingGoAhead = entry;
     } else {
+      if (current?.capture) this.endLoginCapture(current, line);
       this.current = null;
     }
   }
 
   private forwardCommand(line: Buffer, head: CommandHead, literal: LiteralAnnouncement | null): void {
     const entry = this.commandEntry(line, head);
-    let captureUser = false;
-    if (entry.kind === 'login' && entry.user === undefined && literal) {
-      const c = line[head.argsStart];
-      captureUser = c === 0x7b || c === 0x7e; // the user name itself is the literal
+    // LOGIN with a literal (the user, or the password): read the whole
+    // command once it is complete. Without one, the line has it all.
+    const capture: Buffer[] | null = entry.kind === 'login' && literal ? [] : null;
+    if (entry.kind === 'login' && !literal) {
+      const credentials = loginCredentials(line);
+      if (credentials) this.startVerification(entry, { kind: 'password', user: credentials.user, secret: credentials.password });
     }
     if (entry.kind === 'authenticate') {
+      const initialResponse = atomsAfter(line, head.argsStart, head.end)[1];
+      if (initialResponse !== undefined) this.readSaslSecret(entry, initialResponse);
       this.clientMode = 'authenticate';
       this.authenticating = entry;
       this.saslChallenges = 0;
@@ -703,7 +745,7 @@ export class Session {
     }
     this.inFlight.push(entry);
     this.log.trace({ tag: head.tag, command: head.name }, 'command');
-    this.current = literal ? { entry, discard: false, captureUser } : null;
+    this.current = literal ? { entry, discard: false, capture, capturedLength: 0 } : null;
     this.forwardLine(line, literal, entry);
   }
 
@@ -743,8 +785,49 @@ export class Session {
       // The first response carries the identity (PLAIN, LOGIN, OAUTHBEARER, XOAUTH2).
       entry.user = saslIdentity(entry.mechanism, line.toString('latin1'));
     }
+    if (entry) this.readSaslSecret(entry, line.toString('latin1'));
     this.saslResponses++;
     this.toUpstream.push(line);
+  }
+
+  /** --jmap-verify: the secret is in the first SASL response, or the second (LOGIN mechanism). */
+  private readSaslSecret(entry: InFlight, response: string): void {
+    if (!this.jmapPolicy.verify || entry.verification !== undefined || !entry.mechanism) return;
+    const responses = (entry.saslResponses ??= []);
+    responses.push(response);
+    const secret = saslCredentials(entry.mechanism, responses);
+    if (secret || responses.length >= 2) entry.saslResponses = undefined;
+    if (secret) this.startVerification(entry, secret);
+  }
+
+  /** This login's JMAP server (per-user URLs, allow/deny), looked up once. */
+  private jmapTarget(entry: InFlight): JmapTarget {
+    return (entry.jmap ??= this.jmapPolicy.target(entry.user));
+  }
+
+  /**
+   * --jmap-verify: asks the JMAP server about the credentials while the
+   * upstream checks them; the login's tagged OK waits for the answer.
+   */
+  private startVerification(entry: InFlight, secret: LoginSecret): void {
+    const verify = this.jmapPolicy.verify;
+    if (!verify || entry.verification !== undefined) return;
+    if (!this.config.jmapMechanisms.has(entry.mechanism ?? '')) return;
+    const target = this.jmapTarget(entry);
+    if (!target.ok) return;
+    entry.verification = 'pending';
+    verify(target.url, entry.user ?? '', secret).then(
+      (result) => this.onVerified(entry, result),
+      () => this.onVerified(entry, { ok: false, reason: 'error' }),
+    );
+  }
+
+  private onVerified(entry: InFlight, result: VerifyResult): void {
+    entry.verification = result;
+    if (this.closed || this.awaitingVerification !== entry) return;
+    this.awaitingVerification = null;
+    this.serverFramer.resume(); // replays the login's tagged OK
+    this.flush();
   }
 
   private holdClientLine(): void {
@@ -769,7 +852,7 @@ export class Session {
         return this.holdClientLine();
       } else {
         const decision = decide(this.facts(), this.config);
-        reply = getJmapAccessReply(head.tag, decision, this.config.jmapUrlQuoted);
+        reply = getJmapAccessReply(head.tag, decision);
         this.log.info(
           { tag: head.tag, user: this.authentication?.user, answered: decision.grant ? 'OK' : 'BAD', reason: decision.reason },
           'GETJMAPACCESS',
@@ -799,7 +882,7 @@ export class Session {
     }
     if (literal && !literal.synchronizing) {
       // The client sends the rest of the command without waiting: drop it, then reply.
-      this.current = { entry: null, discard: true, replyAtEnd: reply, captureUser: false };
+      this.current = { entry: null, discard: true, replyAtEnd: reply, capture: null };
       return;
     }
     this.toClient.push(Buffer.from(reply, 'latin1'));
@@ -1019,6 +1102,13 @@ export class Session {
     this.greetingPhase = false;
     const index = this.inFlight.findIndex((entry) => entry.tag === tag);
     if (index === -1) return this.emit(line);
+    if (status === 'OK' && this.inFlight[index]?.verification === 'pending') {
+      // The login worked upstream; whether JMAPACCESS comes with it waits
+      // for the JMAP server. Everything after this line waits too.
+      this.awaitingVerification = this.inFlight[index] as InFlight;
+      this.serverFramer.deferLine();
+      return;
+    }
     const [entry] = this.inFlight.splice(index, 1) as [InFlight];
 
     if (entry === this.awaitingGoAhead) {
@@ -1044,7 +1134,12 @@ export class Session {
           this.saslChallenges = 0;
         }
         if (status === 'OK') {
-          this.setAuthenticated({ mechanism: entry.mechanism ?? 'UNKNOWN', user: entry.user });
+          this.setAuthenticated({
+            mechanism: entry.mechanism ?? 'UNKNOWN',
+            user: entry.user,
+            jmap: this.jmapTarget(entry),
+            verification: entry.verification ?? 'off',
+          });
         }
         break;
       case 'idle':
@@ -1154,6 +1249,7 @@ export class Session {
       const decision: Decision = decide(this.facts(), this.config);
       fields.jmapaccess = decision.grant ? 'granted' : needsObjectIdProbe(this.facts(), this.config) ? 'pending' : 'refused';
       fields.reason = this.objectId === 'unknown' && decision.reason === 'no-objectid' ? 'objectid-not-yet-known' : decision.reason;
+      if (!decision.grant && decision.detail) fields.detail = decision.detail;
       if (decision.grant && decision.reason === 'objectid-assumed' && this.objectId !== 'present') {
         this.log.warn({ user: entry.user }, 'JMAPACCESS granted without OBJECTID in the upstream capabilities (--objectid assume)');
       }
