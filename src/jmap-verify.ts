@@ -174,22 +174,29 @@ export class JmapVerifier {
     this.cache.clear();
   }
 
-  /** Never rejects. `identity` is the identity the session logged in as (used in the cache key and logs). */
-  async verify(url: string, identity: string, credential: Credential): Promise<VerifyOutcome> {
+  /**
+   * Never rejects. `identity` is the identity the session logged in as (used
+   * in the cache key and logs). Not async on purpose: the credential is used
+   * synchronously (cache key, Authorization header) and not kept in a
+   * suspended frame while the probe runs.
+   */
+  verify(url: string, identity: string, credential: Credential): Promise<VerifyOutcome> {
     const started = performance.now();
-    const now = started;
-    this.sweep(now);
-    const key = this.cacheKey(url, identity, credential);
+    let key: string;
+    try {
+      this.sweep(started);
+      key = this.cacheKey(url, identity, credential);
+    } catch {
+      // Only on a caller's type error (not strings): still an answer, not a rejection.
+      return Promise.resolve(this.finish({ ok: false, reason: 'network', detail: 'invalid arguments' }, false, started, String(identity), String(url)));
+    }
 
     const hit = this.cache.get(key);
-    if (hit !== undefined && hit.expires > now) return this.finish(hit.result, true, started, identity, url);
+    if (hit !== undefined && hit.expires > started) return Promise.resolve(this.finish(hit.result, true, started, identity, url));
     if (hit !== undefined) this.cache.delete(key);
 
     const running = this.inFlight.get(key);
-    if (running !== undefined) {
-      const { result } = await running;
-      return this.finish(result, true, started, identity, url);
-    }
+    if (running !== undefined) return running.then(({ result }) => this.finish(result, true, started, identity, url));
 
     const probe = this.probe(url, credential).then((answer) => {
       this.inFlight.delete(key);
@@ -197,8 +204,7 @@ export class JmapVerifier {
       return answer;
     });
     this.inFlight.set(key, probe);
-    const { result } = await probe;
-    return this.finish(result, false, started, identity, url);
+    return probe.then(({ result }) => this.finish(result, false, started, identity, url));
   }
 
   private finish(result: ProbeResult, cached: boolean, started: number, identity: string, url: string): VerifyOutcome {
@@ -209,11 +215,15 @@ export class JmapVerifier {
         ? { ok: false, reason: result.reason, cached, ms }
         : { ok: false, reason: result.reason, detail: result.detail, cached, ms };
     if (!cached && this.log) {
-      const fields = { url, user: identity, ms, ...(result.ok ? { result: 'verified' } : { result: 'refused', reason: result.reason, detail: result.detail }) };
-      if (!result.ok && (result.reason === 'timeout' || result.reason === 'network' || (result.reason === 'http-status' && /^5/.test(result.detail ?? '')))) {
-        this.log.warn(fields, 'JMAP verification probe failed');
-      } else {
-        this.log.debug(fields, 'JMAP verification probe');
+      try {
+        const fields = { url, user: identity, ms, ...(result.ok ? { result: 'verified' } : { result: 'refused', reason: result.reason, detail: result.detail }) };
+        if (!result.ok && (result.reason === 'timeout' || result.reason === 'network' || (result.reason === 'http-status' && /^5/.test(result.detail ?? '')))) {
+          this.log.warn(fields, 'JMAP verification probe failed');
+        } else {
+          this.log.debug(fields, 'JMAP verification probe');
+        }
+      } catch {
+        /* logging must not break verification */
       }
     }
     if (this.onProbe) {
@@ -390,7 +400,9 @@ export class JmapVerifier {
           else chunks.push(chunk);
         });
         res.on('end', () => end(checkSession(Buffer.concat(chunks, length).toString('utf8')), status));
-        res.on('aborted', () => end({ ok: false, reason: 'network', detail: 'response aborted' }, status));
+        res.on('close', () => {
+          if (!res.complete) end({ ok: false, reason: 'network', detail: 'response cut short' }, status);
+        });
         res.on('error', (err) => end({ ok: false, reason: 'network', detail: errorDetail(err) }, status));
       };
 
