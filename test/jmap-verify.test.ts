@@ -25,6 +25,7 @@ const endpoint = await startFakeJmapEndpoint({
     judy: { password: 'judy-secret-pw', mode: 'hang-body' },
     mallory: { password: 'mallory-secret-pw', mode: 'not-a-session' },
     oscar: { password: 'oscar-secret-pw', mode: 'unauthorized' },
+    trent: { password: 'trent-secret-pw', mode: 'cut-short' },
   },
 });
 t.teardown(() => endpoint.close());
@@ -40,7 +41,7 @@ const SECRETS = [
   ALICE_TOKEN,
   'wrong-password-xyz',
   'not.a.real.token-xyz',
-  ...['carol', 'dave', 'erin', 'frank', 'grace', 'heidi', 'ivan', 'judy', 'mallory', 'oscar'].map((u) => `${u}-secret-pw`),
+  ...['carol', 'dave', 'erin', 'frank', 'grace', 'heidi', 'ivan', 'judy', 'mallory', 'oscar', 'trent'].map((u) => `${u}-secret-pw`),
 ];
 const forms = (secret: string) => [secret, Buffer.from(secret).toString('base64'), Buffer.from(`alice:${secret}`).toString('base64')];
 
@@ -123,6 +124,7 @@ t.test('every refusal reason', async (t) => {
     ['redirect to http', endpoint.url('/to-http'), alice, { reason: 'redirect', detail: `302 to another origin (http://127.0.0.1:${endpoint.port})` }],
     ['redirect loop', endpoint.url('/redirect-loop'), alice, { reason: 'redirect', detail: 'more than 5 redirects' }],
     ['redirect without Location', endpoint.url('/no-location'), alice, { reason: 'redirect', detail: /without/ }],
+    ['body cut short', endpoint.sessionUrl, pw('trent'), { reason: 'network', detail: /ECONNRESET|cut short/ }],
     ['connection refused', 'https://127.0.0.1:1/jmap/', alice, { reason: 'network', detail: 'ECONNREFUSED' }],
     ['user name with a colon', endpoint.sessionUrl, pw('a:b', 'x'), { reason: 'unauthorized', detail: /colon|":"/ }],
     ['token with CR LF', endpoint.sessionUrl, { kind: 'bearer', secret: 'abc\r\nX-Evil: 1' }, { reason: 'unauthorized', detail: /Bearer/ }],
@@ -298,7 +300,7 @@ t.test('no secret in outcomes, events or logs', async (t) => {
     [endpoint.url('/redirect-loop'), 'alice', alice],
     ['https://127.0.0.1:1/jmap/', 'alice', alice],
   ];
-  for (const u of ['carol', 'dave', 'erin', 'frank', 'grace', 'heidi', 'ivan', 'judy', 'mallory', 'oscar']) creds.push([endpoint.sessionUrl, u, pw(u)]);
+  for (const u of ['carol', 'dave', 'erin', 'frank', 'grace', 'heidi', 'ivan', 'judy', 'mallory', 'oscar', 'trent']) creds.push([endpoint.sessionUrl, u, pw(u)]);
   for (const [url, identity, credential] of creds) {
     outcomes.push(await v.verify(url, identity, credential));
     outcomes.push(await v.verify(url, identity, credential)); // cached or not, once more
@@ -349,4 +351,16 @@ t.test('checkSession', async (t) => {
 t.test('constructor bounds', async (t) => {
   t.throws(() => new JmapVerifier({ timeoutMs: 0, ttlMs: 1 }));
   t.throws(() => new JmapVerifier({ timeoutMs: 1, ttlMs: -1 }));
+});
+
+t.test('odd inputs still get an answer', async (t) => {
+  const v = new JmapVerifier({ timeoutMs: 300, ttlMs: 60_000, ca: endpoint.ca, onProbe: () => { throw new Error('hook bug'); } });
+  t.match(await v.verify('not a url', 'alice', alice), { ok: false, reason: 'network', detail: 'invalid URL' });
+  t.match(await v.verify('ftp://127.0.0.1/jmap', 'alice', alice), { ok: false, reason: 'network', detail: 'unsupported scheme ftp:' });
+  t.match(await v.verify(endpoint.sessionUrl, 'alice', alice), { ok: true }, 'a throwing onProbe hook changes nothing');
+  t.match(await v.verify(endpoint.sessionUrl, 'alice', undefined as unknown as Credential), { ok: false, reason: 'network', detail: 'invalid arguments' }, 'no rejection even on a type error');
+  t.ok(v.size > 0);
+  v.clear();
+  t.equal(v.size, 0, 'clear() empties the cache');
+  t.match(await v.verify(endpoint.sessionUrl, 'alice', alice), { ok: true, cached: false });
 });

@@ -53,7 +53,9 @@ export type FakeJmapMode =
   /** 200 with a chunked 2 MiB body (no Content-Length) */
   | 'huge'
   /** 200 announcing Content-Length: 2 MiB */
-  | 'huge-declared';
+  | 'huge-declared'
+  /** 200 announcing 1000 bytes, then 10 bytes and the connection closed */
+  | 'cut-short';
 
 export interface FakeJmapUser {
   password?: string;
@@ -220,6 +222,10 @@ export async function startFakeJmapEndpoint(options: FakeJmapOptions = {}): Prom
         res.on('error', () => {});
         return pump();
       }
+      case 'cut-short':
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': 1000 });
+        res.write('{"capabil', () => res.socket?.destroy());
+        return;
       case 'huge-declared':
         res.writeHead(200, { 'content-type': 'application/json', 'content-length': HUGE });
         res.on('error', () => {});
