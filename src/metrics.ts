@@ -29,6 +29,8 @@ export class Metrics {
   readonly upstreamConnectSeconds: Histogram;
   readonly protocolErrors: Counter<'side' | 'kind'>;
   readonly sessionsClosed: Counter<'reason'>;
+  readonly jmapVerify: Counter<'result' | 'reason' | 'cache'>;
+  readonly jmapVerifySeconds: Histogram;
 
   constructor(bytes: () => ByteTotals) {
     const registers = [this.registry];
@@ -86,6 +88,18 @@ export class Metrics {
       name: 'jmapaccess_proxy_sessions_closed_total',
       help: 'Sessions ended, by reason',
       labelNames: ['reason'],
+      registers,
+    });
+    this.jmapVerify = new Counter({
+      name: 'jmapaccess_proxy_jmap_verify_total',
+      help: 'JMAP credential checks (--jmap-verify): verified or refused, the reason (ok, unauthorized, timeout...), and whether the cache answered',
+      labelNames: ['result', 'reason', 'cache'],
+      registers,
+    });
+    this.jmapVerifySeconds = new Histogram({
+      name: 'jmapaccess_proxy_jmap_verify_seconds',
+      help: 'Duration of JMAP session probes actually sent (cache misses), redirects included',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5],
       registers,
     });
     new Counter({
