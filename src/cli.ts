@@ -22,7 +22,7 @@ import { ProxyServer } from './server.js';
 import { startMetricsServer } from './metrics.js';
 import { checkUpstream } from './check.js';
 import { CertificateError, CertificateStore } from './tls.js';
-import { runPrimary, runWorker } from './cluster.js';
+import { reloadJmapUrlMap, runPrimary, runWorker } from './cluster.js';
 
 const EXIT_USAGE = 2;
 
@@ -32,7 +32,7 @@ function version(): string {
 }
 
 /** Flags that may be given more than once (certificate pairs, lists). */
-const REPEATABLE_FLAGS = new Set(['tls-cert', 'tls-key', 'trusted-proxies']);
+const REPEATABLE_FLAGS = new Set(['tls-cert', 'tls-key', 'trusted-proxies', 'jmap-users-allow', 'jmap-users-deny']);
 
 function usageError(message: string): never {
   process.stderr.write(`jmapaccess-proxy: ${message}\nTry --help for the list of flags.\n`);
@@ -60,7 +60,31 @@ export function parseArgs(argv: string[]): Config & { check: boolean } {
       type: 'boolean',
       describe: 'Do not verify the upstream certificate (self-signed labs only; logs a warning)',
     })
-    .option('jmap-url', { type: 'string', describe: 'JMAP session resource URL returned by GETJMAPACCESS (required)' })
+    .option('jmap-url', {
+      type: 'string',
+      describe:
+        'JMAP session resource URL returned by GETJMAPACCESS, or a template with {user}, {localpart}, {domain} (required unless --jmap-url-map)',
+    })
+    .option('jmap-url-map', {
+      type: 'string',
+      describe: 'File of "DOMAIN URL" lines (* for the default) choosing the JMAP URL by the user\'s domain; reloaded on SIGHUP',
+    })
+    .option('jmap-users-allow', {
+      type: 'string',
+      describe: 'Comma list (repeatable) of domains, *.domains, user@domains or /regexps/: only these users get JMAPACCESS',
+    })
+    .option('jmap-users-deny', {
+      type: 'string',
+      describe: 'Comma list (repeatable) of domains, *.domains, user@domains or /regexps/: these users never get JMAPACCESS',
+    })
+    .option('jmap-verify', {
+      type: 'boolean',
+      default: false,
+      describe: 'Grant JMAPACCESS only after the same credentials were accepted by the JMAP server',
+    })
+    .option('jmap-verify-timeout', { type: 'string', default: '2s', describe: 'Give up a JMAP verification after this long' })
+    .option('jmap-verify-ttl', { type: 'string', default: '10m', describe: 'Remember a JMAP verification result this long (0: not at all)' })
+    .option('jmap-verify-ca', { type: 'string', describe: 'PEM CA certificates to verify the JMAP server with (default: Node\'s bundled list)' })
     .option('jmap-mechanisms', {
       type: 'string',
       default: DEFAULT_MECHANISMS.join(','),
@@ -173,6 +197,13 @@ export function parseArgs(argv: string[]): Config & { check: boolean } {
       listen: args.listen,
       upstream: args.upstream ?? '',
       jmapUrl: args['jmap-url'] ?? '',
+      jmapUrlMap: args['jmap-url-map'],
+      jmapUsersAllow: args['jmap-users-allow'],
+      jmapUsersDeny: args['jmap-users-deny'],
+      jmapVerify: args['jmap-verify'],
+      jmapVerifyTimeout: args['jmap-verify-timeout'],
+      jmapVerifyTtl: args['jmap-verify-ttl'],
+      jmapVerifyCa: args['jmap-verify-ca'],
       jmapMechanisms: args['jmap-mechanisms'],
       objectId: args.objectid,
       allowInsecureJmapUrl: args['allow-insecure-jmap-url'],
@@ -225,8 +256,11 @@ async function main(): Promise<void> {
   if (config.upstreamTls?.insecure) {
     log.warn('--upstream-tls-insecure: the upstream certificate is not verified; anyone on the path can read the mail');
   }
-  if (config.jmapUrl.startsWith('http:')) {
-    log.warn({ jmapUrl: config.jmapUrl }, 'the JMAP URL is not https (--allow-insecure-jmap-url); clients would send credentials in clear');
+  if (config.jmapUrls.insecure) {
+    log.warn(
+      { ...config.jmapUrls.describe() },
+      'the JMAP URL is not https (--allow-insecure-jmap-url); clients would send credentials in clear',
+    );
   }
   if (config.workers > 1) {
     // Refuse unusable certificates here, once, as a single process would, rather than in every worker.
@@ -275,6 +309,7 @@ async function main(): Promise<void> {
     });
   };
   process.on('SIGHUP', () => {
+    reloadJmapUrlMap(config, log);
     log.info({ config: describeConfig(config) }, 'SIGHUP: effective configuration');
     server.reloadCertificates('SIGHUP');
   });

@@ -66,6 +66,19 @@ export function perWorkerConfig(config: Config): Config {
   return { ...config, maxConnections };
 }
 
+/**
+ * SIGHUP: reads --jmap-url-map again (each process that serves sessions
+ * holds its own copy) and logs the outcome; on an error the previous map
+ * stays in use. Nothing to do without a map file.
+ */
+export function reloadJmapUrlMap(config: Config, log: Logger): void {
+  const file = config.jmapUrls.mapFile;
+  if (!file) return;
+  const result = config.jmapUrls.reload();
+  if (result.ok) log.info({ jmapUrlMap: file, entries: result.entries }, 'JMAP URL map reloaded');
+  else log.error({ jmapUrlMap: file, errors: result.errors, entries: config.jmapUrls.mapEntries }, 'JMAP URL map reload failed; previous map kept');
+}
+
 // ---------------------------------------------------------------------------
 // The worker side.
 
@@ -102,6 +115,7 @@ export async function runWorker(config: Config, processLog: Logger): Promise<voi
         );
         return;
       case 'jmapaccess:reload':
+        reloadJmapUrlMap(config, log);
         log.info(
           { config: describeConfig(config), maxConnectionsThisWorker: workerConfig.maxConnections },
           'SIGHUP: effective configuration',

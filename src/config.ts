@@ -6,7 +6,9 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { availableParallelism } from 'node:os';
-import { quoteImapString } from './imap/quote.js';
+import { ConfigError } from './config-error.js';
+import { JmapUrlResolver, validateJmapUrl } from './jmap-url.js';
+import { JmapUserFilter } from './jmap-users.js';
 
 export type ObjectIdMode = 'require' | 'assume';
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -21,10 +23,32 @@ export interface Config {
   readonly upstream: HostPort;
   /** TLS toward the upstream, or null for plain TCP. */
   readonly upstreamTls: UpstreamTls | null;
-  /** The JMAP session resource URL (RFC 8620 section 2), as given. */
+  /**
+   * --jmap-url as given: the JMAP session resource URL (RFC 8620 section 2),
+   * or a template with {user}/{localpart}/{domain}; '' when only
+   * --jmap-url-map is given.
+   */
   readonly jmapUrl: string;
-  /** The URL already written as an IMAP `quoted` string. */
+  /**
+   * The URL written as an IMAP `quoted` string when it is the same for every
+   * session (jmapUrls.static); '' when it depends on the identity (a
+   * template or a map): then use jmapUrls.resolve(user).
+   */
   readonly jmapUrlQuoted: string;
+  /** The JMAP URL of each identity (--jmap-url template, --jmap-url-map); map reloaded on SIGHUP. */
+  readonly jmapUrls: JmapUrlResolver;
+  /** --jmap-users-allow / --jmap-users-deny. */
+  readonly jmapUsers: JmapUserFilter;
+  /** --jmap-verify: grant only after checking the credentials against the JMAP server. */
+  readonly jmapVerify: boolean;
+  /** --jmap-verify-timeout, in milliseconds (above zero). */
+  readonly jmapVerifyTimeoutMs: number;
+  /** --jmap-verify-ttl, in milliseconds: how long a verification result is remembered (0: not at all). */
+  readonly jmapVerifyTtlMs: number;
+  /** --jmap-verify-ca: PEM CA certificates to verify the JMAP server with, instead of Node's list. */
+  readonly jmapVerifyCa: Buffer | null;
+  /** The --jmap-verify-ca file name (for logs), or null. */
+  readonly jmapVerifyCaFile: string | null;
   /** Upper-cased; `LOGIN` covers both the LOGIN command and the SASL LOGIN mechanism. */
   readonly jmapMechanisms: ReadonlySet<string>;
   readonly objectId: ObjectIdMode;
@@ -97,14 +121,21 @@ export interface ClientTlsConfig {
   readonly minVersion: TlsVersion;
 }
 
-export class ConfigError extends Error {
-  override readonly name = 'ConfigError';
-}
+export { ConfigError };
+export { validateJmapUrl };
 
 export interface RawConfig {
   listen: string;
   upstream: string;
-  jmapUrl: string;
+  /** A URL or a template; may be omitted (or '') when jmapUrlMap is given. */
+  jmapUrl?: string;
+  jmapUrlMap?: string;
+  jmapUsersAllow?: string | readonly string[];
+  jmapUsersDeny?: string | readonly string[];
+  jmapVerify?: boolean;
+  jmapVerifyTimeout?: string | number;
+  jmapVerifyTtl?: string | number;
+  jmapVerifyCa?: string;
   jmapMechanisms?: string | readonly string[];
   objectId?: string;
   allowInsecureJmapUrl?: boolean;
@@ -204,39 +235,6 @@ export function parseUpstreamUrl(text: string): { address: HostPort; tls: 'impli
   return { address: { host, port }, tls: implicit ? 'implicit' : starttls ? 'starttls' : null };
 }
 
-/**
- * The JMAP session URL must be absolute, https (unless explicitly allowed),
- * and writable as an IMAP quoted string: RFC 9698 puts it in `quoted`, and a
- * URL that cannot be written so is refused now rather than at run time.
- */
-export function validateJmapUrl(text: string, allowInsecure: boolean): { url: string; quoted: string } {
-  let url: URL;
-  try {
-    url = new URL(text);
-  } catch {
-    throw new ConfigError(`--jmap-url: "${text}" is not an absolute URL`);
-  }
-  if (url.protocol !== 'https:' && !(allowInsecure && url.protocol === 'http:')) {
-    const hint = url.protocol === 'http:' ? ' (use --allow-insecure-jmap-url for a lab or test setup)' : '';
-    throw new ConfigError(`--jmap-url: must be an https:// URL, got "${url.protocol}//"${hint}`);
-  }
-  if (url.username || url.password) throw new ConfigError('--jmap-url: must not contain credentials');
-  if (url.hash) throw new ConfigError('--jmap-url: must not contain a #fragment');
-  // The URL is sent as given (operators expect their exact string back), so
-  // the given text itself must be a plain RFC 3986 URI, not merely something
-  // the WHATWG parser repairs: a client's parser could read a backslash,
-  // a space or a control character differently from ours.
-  const bad = /[^A-Za-z0-9\-._~:/?#[\]@!$&'()*+,;=%]/.exec(text);
-  if (bad) {
-    const shown = JSON.stringify(bad[0]);
-    throw new ConfigError(`--jmap-url: ${shown} is not allowed in a URL (RFC 3986); percent-encode it`);
-  }
-  if (/%(?![0-9A-Fa-f]{2})/.test(text)) throw new ConfigError('--jmap-url: "%" must start a %XX escape');
-  const quoted = quoteImapString(text);
-  if (quoted === null) throw new ConfigError('--jmap-url: cannot be written as an IMAP quoted string');
-  return { url: text, quoted };
-}
-
 /** Plain seconds (`2.5`) or a number with a unit: `500ms`, `30s`, `31m`, `2h`. */
 export function parseDuration(value: string | number, what: string): number {
   if (typeof value === 'number') {
@@ -269,7 +267,9 @@ function parseMechanisms(value: string | readonly string[] | undefined): Set<str
 
 export function validateConfig(raw: RawConfig): Config {
   if (!raw.upstream) throw new ConfigError('--upstream is required (imap://HOST:PORT)');
-  if (!raw.jmapUrl) throw new ConfigError('--jmap-url is required (the JMAP session resource URL)');
+  if (!raw.jmapUrl && !raw.jmapUrlMap) {
+    throw new ConfigError('--jmap-url is required (the JMAP session resource URL), unless --jmap-url-map is given');
+  }
   const objectId = raw.objectId ?? 'require';
   if (objectId !== 'require' && objectId !== 'assume') {
     throw new ConfigError(`--objectid: must be "require" or "assume", got "${objectId}"`);
@@ -281,14 +281,18 @@ export function validateConfig(raw: RawConfig): Config {
   const logLevel = (raw.logLevel ?? 'info') as LogLevel;
   if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError(`--log-level: must be one of ${LOG_LEVELS.join(', ')}`);
   const allowInsecureJmapUrl = raw.allowInsecureJmapUrl ?? false;
-  const jmap = validateJmapUrl(raw.jmapUrl, allowInsecureJmapUrl);
+  const jmapUrls = new JmapUrlResolver({ jmapUrl: raw.jmapUrl, mapFile: raw.jmapUrlMap, allowInsecure: allowInsecureJmapUrl });
+  const jmapStatic = jmapUrls.static;
   const upstreamConnectTimeoutMs = parseDuration(raw.upstreamConnectTimeout ?? '10s', '--upstream-connect-timeout');
   if (upstreamConnectTimeoutMs < 1) throw new ConfigError('--upstream-connect-timeout: must be above zero');
   return {
     listen: parseHostPort(raw.listen, '--listen'),
     ...validateUpstream(raw),
-    jmapUrl: jmap.url,
-    jmapUrlQuoted: jmap.quoted,
+    jmapUrl: raw.jmapUrl ?? '',
+    jmapUrlQuoted: jmapStatic?.quoted ?? '',
+    jmapUrls,
+    jmapUsers: JmapUserFilter.fromFlags(raw.jmapUsersAllow, raw.jmapUsersDeny),
+    ...validateJmapVerify(raw),
     jmapMechanisms: parseMechanisms(raw.jmapMechanisms),
     objectId,
     allowInsecureJmapUrl,
@@ -388,11 +392,34 @@ function validateUpstream(raw: RawConfig): Pick<Config, 'upstream' | 'upstreamTl
   };
 }
 
+/** --jmap-verify and its settings; the CA file is read (and checked) now. */
+function validateJmapVerify(raw: RawConfig): Pick<Config, 'jmapVerify' | 'jmapVerifyTimeoutMs' | 'jmapVerifyTtlMs' | 'jmapVerifyCa' | 'jmapVerifyCaFile'> {
+  const jmapVerify = raw.jmapVerify ?? false;
+  const jmapVerifyTimeoutMs = positiveDuration(raw.jmapVerifyTimeout ?? '2s', '--jmap-verify-timeout');
+  const jmapVerifyTtlMs = parseDuration(raw.jmapVerifyTtl ?? '10m', '--jmap-verify-ttl');
+  let jmapVerifyCa: Buffer | null = null;
+  if (raw.jmapVerifyCa) {
+    if (!jmapVerify) throw new ConfigError('--jmap-verify-ca needs --jmap-verify');
+    try {
+      jmapVerifyCa = readFileSync(raw.jmapVerifyCa);
+    } catch (err) {
+      throw new ConfigError(`--jmap-verify-ca: cannot read ${raw.jmapVerifyCa}: ${(err as Error).message}`);
+    }
+    if (!jmapVerifyCa.includes('-----BEGIN CERTIFICATE-----')) {
+      throw new ConfigError(`--jmap-verify-ca: ${raw.jmapVerifyCa} holds no PEM certificate`);
+    }
+  }
+  return { jmapVerify, jmapVerifyTimeoutMs, jmapVerifyTtlMs, jmapVerifyCa, jmapVerifyCaFile: raw.jmapVerifyCa || null };
+}
+
 /** The configuration as logged (at start-up and on SIGHUP): no key material, sets as lists. */
 export function describeConfig(config: Config): Record<string, unknown> {
   return {
     ...config,
     jmapMechanisms: [...config.jmapMechanisms],
+    jmapUrls: config.jmapUrls.describe(),
+    jmapUsers: config.jmapUsers.describe(),
+    jmapVerifyCa: config.jmapVerifyCa ? 'from --jmap-verify-ca' : 'system',
     upstreamTls: config.upstreamTls && { ...config.upstreamTls, ca: config.upstreamTls.ca ? 'from --upstream-ca' : 'system' },
   };
 }

@@ -5,9 +5,11 @@
  */
 
 import { ensureBuilt } from './harness/build.js';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -96,6 +98,13 @@ t.test('--help lists every flag and exits 0', async (t) => {
     '--listen-tls',
     '--require-tls',
     '--tls-min-version',
+    '--jmap-url-map',
+    '--jmap-users-allow',
+    '--jmap-users-deny',
+    '--jmap-verify',
+    '--jmap-verify-timeout',
+    '--jmap-verify-ttl',
+    '--jmap-verify-ca',
     '--version',
     '--help',
   ]) {
@@ -286,4 +295,160 @@ t.test('environment fallbacks, a real connection, and SIGTERM', async (t) => {
   t.equal(stderr, '', 'nothing on stderr');
   const logs = logLines(stdout);
   t.ok(logs.some((l) => String(l.msg).startsWith('stopping') && l.signal === 'SIGTERM' && l.graceSeconds === 1), 'stopping is logged');
+});
+
+/** A running CLI whose JSON log lines are collected. */
+function startCli(t: Test, args: string[], extraEnv: Record<string, string> = {}) {
+  const child = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, env: env(extraEnv), stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+  const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
+  t.teardown(async () => {
+    child.kill('SIGKILL');
+    await exited;
+  });
+  const logs = () => logLines(stdout.slice(0, stdout.lastIndexOf('\n') + 1));
+  /** Waits for the `count`-th line matching `match`, and returns it. */
+  const waitLog = async (match: (l: Record<string, unknown>) => boolean, what: string, count = 1): Promise<Record<string, unknown>> => {
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const found = logs().filter(match);
+      if (found.length >= count) return found[count - 1] as Record<string, unknown>;
+      if (Date.now() > deadline || child.exitCode !== null) throw new Error(`no ${what}; stdout ${stdout} stderr ${stderr}`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  };
+  return { child, logs, waitLog, stderr: () => stderr };
+}
+
+function tempDir(t: Test): string {
+  const dir = mkdtempSync(path.join(tmpdir(), 'cli-jmap-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+t.test('JMAP URL, users and verification flags: usage errors exit 2', async (t) => {
+  const dir = tempDir(t);
+  const badMap = path.join(dir, 'bad-map.txt');
+  writeFileSync(badMap, '# map\nexample.com https://jmap.example.com/jmap\nexample.org https://jmap.example.org/{oops}\n');
+  const map = path.join(dir, 'map.txt');
+  writeFileSync(map, 'example.com https://jmap.example.com/jmap\n');
+  const notPem = path.join(dir, 'ca.txt');
+  writeFileSync(notPem, 'hello\n');
+  const UP = ['--upstream', 'imap://127.0.0.1:143'];
+  const cases: Array<{ name: string; args: string[]; env?: Record<string, string>; stderr: RegExp }> = [
+    { name: 'no --jmap-url and no map', args: UP, stderr: /--jmap-url is required .*unless --jmap-url-map is given/ },
+    { name: 'unknown placeholder', args: [...UP, '--jmap-url', 'https://jmap.{host}/'], stderr: /--jmap-url: unknown placeholder \{host\}/ },
+    { name: 'unbalanced brace', args: [...UP, '--jmap-url', 'https://jmap.{domain/'], stderr: /--jmap-url: "\{" without "\}"/ },
+    {
+      name: 'http template without the override',
+      args: [...UP, '--jmap-url', 'http://jmap.{domain}/'],
+      stderr: /--jmap-url: must be an https:\/\/ URL, got "http:\/\/"/,
+    },
+    {
+      name: 'template with {user} in the host',
+      args: [...UP, '--jmap-url', 'https://{user}.example.test/'],
+      stderr: /--jmap-url: the template gives no valid URL for the identity alice@example\.com/,
+    },
+    {
+      name: 'a map with an error, line number given',
+      args: [...UP, '--jmap-url-map', badMap],
+      stderr: new RegExp(`--jmap-url-map: ${escapeRegExp(badMap)}:3: unknown placeholder \\{oops\\}`),
+    },
+    { name: 'a missing map file', args: [...UP, '--jmap-url-map', path.join(dir, 'nope.txt')], stderr: /--jmap-url-map: .*nope\.txt: cannot read/ },
+    { name: '--jmap-url-map twice', args: [...UP, '--jmap-url-map', map, '--jmap-url-map', map], stderr: /--jmap-url-map: given more than once/ },
+    { name: 'bad regex in --jmap-users-allow', args: [...REQUIRED, '--jmap-users-allow', '/(/'], stderr: /--jmap-users-allow: "\/\(\/" is not a valid regular expression/ },
+    {
+      name: 'bad regex in the deny list, from the environment',
+      args: REQUIRED,
+      env: { JMAPACCESS_PROXY_JMAP_USERS_DENY: 'ok.test,/(a|b/' },
+      stderr: /--jmap-users-deny: "\/\(a\|b\/" is not a valid regular expression/,
+    },
+    { name: 'not a domain in the allow list', args: [...REQUIRED, '--jmap-users-allow', 'a b'], stderr: /--jmap-users-allow: "a b" is not a domain/ },
+    { name: 'bad --jmap-verify-timeout', args: [...REQUIRED, '--jmap-verify-timeout', 'soon'], stderr: /--jmap-verify-timeout: expected seconds/ },
+    { name: 'zero --jmap-verify-timeout', args: [...REQUIRED, '--jmap-verify-timeout', '0ms'], stderr: /--jmap-verify-timeout: must be above zero/ },
+    { name: 'bad --jmap-verify-ttl from the environment', args: REQUIRED, env: { JMAPACCESS_PROXY_JMAP_VERIFY_TTL: 'long' }, stderr: /--jmap-verify-ttl: expected seconds/ },
+    { name: '--jmap-verify-ttl twice', args: [...REQUIRED, '--jmap-verify-ttl', '1m', '--jmap-verify-ttl', '2m'], stderr: /--jmap-verify-ttl: given more than once/ },
+    { name: '--jmap-verify-ca without --jmap-verify', args: [...REQUIRED, '--jmap-verify-ca', notPem], stderr: /--jmap-verify-ca needs --jmap-verify/ },
+    { name: 'a missing --jmap-verify-ca', args: [...REQUIRED, '--jmap-verify', '--jmap-verify-ca', path.join(dir, 'ca.pem')], stderr: /--jmap-verify-ca: cannot read .*ca\.pem/ },
+    { name: 'a --jmap-verify-ca that is not PEM', args: [...REQUIRED, '--jmap-verify', '--jmap-verify-ca', notPem], stderr: /--jmap-verify-ca: .*ca\.txt holds no PEM certificate/ },
+  ];
+  await Promise.all(
+    cases.map(async (c) => {
+      const r = await run(c.args, c.env);
+      t.equal(r.code, 2, `${c.name}: exit status`);
+      t.match(r.stderr, /^jmapaccess-proxy: /, `${c.name}: stderr names the program`);
+      t.match(r.stderr, c.stderr, `${c.name}: stderr explains`);
+      t.equal(r.stdout, '', `${c.name}: nothing on stdout`);
+    }),
+  );
+});
+
+t.test('--jmap-url-map from the environment, reloaded on SIGHUP; a broken map keeps the previous one', async (t) => {
+  const dir = tempDir(t);
+  const map = path.join(dir, 'map.txt');
+  writeFileSync(map, 'example.com https://jmap.example.com/.well-known/jmap\n');
+  const cli = startCli(t, ['--listen', '127.0.0.1:0', '--upstream', `imap://127.0.0.1:${await freePort()}`, '--jmap-users-allow', 'example.com', '--jmap-users-allow', '/beta-.*/'], {
+    JMAPACCESS_PROXY_JMAP_URL_MAP: map,
+    JMAPACCESS_PROXY_JMAP_URL: 'https://jmap.{domain}/.well-known/jmap',
+    JMAPACCESS_PROXY_JMAP_VERIFY: 'true',
+    JMAPACCESS_PROXY_JMAP_VERIFY_TIMEOUT: '750ms',
+    JMAPACCESS_PROXY_JMAP_VERIFY_TTL: '30',
+  });
+  const listening = await cli.waitLog((l) => l.msg === 'listening', 'listening line');
+  t.match(listening, {
+    jmapUrl: 'https://jmap.{domain}/.well-known/jmap',
+    jmapUrlMap: map,
+    mapEntries: 1,
+    jmapUsers: { allow: ['example.com', '/beta-.*/'], deny: [] },
+    jmapVerify: true,
+  });
+
+  // A good new map.
+  writeFileSync(map, '# two domains now\nexample.com https://jmap.example.com/.well-known/jmap\n*.example.org https://{localpart}.example.org/jmap\n* https://default.example.net/jmap\n');
+  cli.child.kill('SIGHUP');
+  const reloaded = await cli.waitLog((l) => l.msg === 'JMAP URL map reloaded', 'reload line');
+  t.match(reloaded, { level: 30, jmapUrlMap: map, entries: 3 });
+  const effective = await cli.waitLog((l) => l.msg === 'SIGHUP: effective configuration', 'configuration line');
+  t.match(effective.config, {
+    jmapUrl: 'https://jmap.{domain}/.well-known/jmap',
+    jmapUrlQuoted: '',
+    jmapUrls: { jmapUrl: 'https://jmap.{domain}/.well-known/jmap', jmapUrlMap: map, mapEntries: 3 },
+    jmapUsers: { allow: ['example.com', '/beta-.*/'], deny: [] },
+    jmapVerify: true,
+    jmapVerifyTimeoutMs: 750,
+    jmapVerifyTtlMs: 30_000,
+    jmapVerifyCa: 'system',
+  });
+
+  // A broken map: logged with line numbers, the previous map stays.
+  writeFileSync(map, 'example.com https://jmap.example.com/.well-known/jmap\nexample.com https://again.example.com/\nfoo.test ftp://x.test/\n');
+  cli.child.kill('SIGHUP');
+  const failed = await cli.waitLog((l) => l.msg === 'JMAP URL map reload failed; previous map kept', 'failed reload line');
+  t.match(failed, {
+    level: 50,
+    jmapUrlMap: map,
+    entries: 3,
+    errors: [`${map}:2: duplicate entry for example.com (first on line 1)`, new RegExp(`^${escapeRegExp(map)}:3: must be an https:// URL`)],
+  });
+  const after = await cli.waitLog((l) => l.msg === 'SIGHUP: effective configuration', 'second configuration line', 2);
+  t.match(after.config, { jmapUrls: { mapEntries: 3 } }, 'still the previous map');
+  t.equal(cli.child.exitCode, null, 'still running');
+  t.equal(cli.stderr(), '');
+});
+
+t.test('--workers 2: each worker reloads --jmap-url-map on SIGHUP', async (t) => {
+  const dir = tempDir(t);
+  const map = path.join(dir, 'map.txt');
+  writeFileSync(map, '* https://jmap.{domain}/jmap\n');
+  const cli = startCli(t, ['--listen', '127.0.0.1:0', '--upstream', `imap://127.0.0.1:${await freePort()}`, '--jmap-url-map', map, '--workers', '2']);
+  await cli.waitLog((l) => l.msg === 'all workers listening', 'workers listening');
+  writeFileSync(map, '* https://jmap.{domain}/jmap\nexample.com https://jmap.example.com/jmap\n');
+  cli.child.kill('SIGHUP');
+  await cli.waitLog((l) => l.msg === 'JMAP URL map reloaded', 'two reload lines', 2);
+  const lines = cli.logs().filter((l) => l.msg === 'JMAP URL map reloaded');
+  t.same(lines.map((l) => l.worker).sort(), [1, 2], 'one line per worker');
+  t.ok(lines.every((l) => l.entries === 2));
 });

@@ -5,10 +5,14 @@
  */
 
 import t from 'tap';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import {
   ConfigError,
   DEFAULT_MAX_LINE_LENGTH,
   DEFAULT_MECHANISMS,
+  describeConfig,
   parseDuration,
   parseHostPort,
   parseUpstream,
@@ -318,4 +322,126 @@ t.test('parseWorkers: a count from 1 to 64, or auto (one per CPU, capped)', asyn
   for (const bad of ['0', '65', '-2', '1.5', 'two', '', '4x', 0, 2.5]) {
     t.throws(() => parseWorkers(bad), new ConfigError(`--workers: must be a whole number from 1 to 64, or auto; got "${String(bad)}"`), JSON.stringify(bad));
   }
+});
+
+t.test('validateConfig: JMAP URL, users and verification defaults', async (t) => {
+  const config = validateConfig(raw());
+  t.same(config.jmapUrls.static, { url: JMAP, quoted: `"${JMAP}"` }, 'a plain --jmap-url is static');
+  t.same(config.jmapUrls.resolve('anyone@anywhere.test'), { ok: true, url: JMAP, quoted: `"${JMAP}"` });
+  t.equal(config.jmapUsers.empty, true);
+  t.same(config.jmapUsers.allowed(undefined), { ok: true });
+  t.equal(config.jmapVerify, false);
+  t.equal(config.jmapVerifyTimeoutMs, 2000);
+  t.equal(config.jmapVerifyTtlMs, 600_000);
+  t.equal(config.jmapVerifyCa, null);
+  t.equal(config.jmapVerifyCaFile, null);
+});
+
+t.test('validateConfig: a --jmap-url template', async (t) => {
+  const template = 'https://jmap.{domain}/.well-known/jmap';
+  const config = validateConfig(raw({ jmapUrl: template }));
+  t.equal(config.jmapUrl, template, 'jmapUrl is the text as given');
+  t.equal(config.jmapUrlQuoted, '', 'no single quoted URL: it depends on the identity');
+  t.equal(config.jmapUrls.static, null);
+  t.same(config.jmapUrls.resolve('a@Example.TEST'), {
+    ok: true,
+    url: 'https://jmap.example.test/.well-known/jmap',
+    quoted: '"https://jmap.example.test/.well-known/jmap"',
+  });
+  const copy = { ...config, listen: { host: '127.0.0.1', port: 0 } };
+  t.equal(copy.jmapUrls, config.jmapUrls, 'the resolver survives a spread (test harness, perWorkerConfig)');
+  t.match(copy.jmapUrls.resolve('b@x.test'), { ok: true, url: 'https://jmap.x.test/.well-known/jmap' });
+  const cases: Array<[string, RegExp]> = [
+    ['https://x.test/{name}', /^--jmap-url: unknown placeholder \{name\}/],
+    ['https://x.test/{user', /^--jmap-url: "\{" without "\}"/],
+    ['http://jmap.{domain}/', /^--jmap-url: must be an https:\/\/ URL, got "http:\/\/" \(use --allow-insecure-jmap-url/],
+    ['https://{user}.x.test/', /^--jmap-url: the template gives no valid URL for the identity alice@example\.com/],
+  ];
+  for (const [jmapUrl, message] of cases) t.throws(() => validateConfig(raw({ jmapUrl })), { name: 'ConfigError', message }, jmapUrl);
+  t.equal(validateConfig(raw({ jmapUrl: 'http://jmap.{domain}/', allowInsecureJmapUrl: true })).jmapUrls.insecure, true);
+});
+
+t.test('validateConfig: --jmap-url-map, with or without --jmap-url', async (t) => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'config-map-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'map.txt');
+  writeFileSync(file, '# by domain\nexample.com https://jmap.example.com/jmap\n');
+  const mapOnly = validateConfig(raw({ jmapUrl: undefined, jmapUrlMap: file }));
+  t.equal(mapOnly.jmapUrl, '');
+  t.equal(mapOnly.jmapUrlQuoted, '');
+  t.match(mapOnly.jmapUrls.resolve('a@example.com'), { ok: true, url: 'https://jmap.example.com/jmap' });
+  t.same(mapOnly.jmapUrls.resolve('a@example.org'), { ok: false, reason: 'no-url' });
+  const both = validateConfig(raw({ jmapUrlMap: file }));
+  t.equal(both.jmapUrlQuoted, '', 'with a map the URL is never the same for everyone');
+  t.match(both.jmapUrls.resolve('a@example.org'), { ok: true, url: JMAP }, '--jmap-url is the default');
+
+  t.throws(() => validateConfig(raw({ jmapUrl: '' })), {
+    name: 'ConfigError',
+    message: '--jmap-url is required (the JMAP session resource URL), unless --jmap-url-map is given',
+  });
+  writeFileSync(file, 'example.com https://jmap.example.com/jmap\nexample.org\n');
+  t.throws(() => validateConfig(raw({ jmapUrlMap: file })), {
+    name: 'ConfigError',
+    message: `--jmap-url-map: ${file}:2: expected "DOMAIN URL" (or "* URL"), got one field`,
+  });
+  t.throws(() => validateConfig(raw({ jmapUrlMap: path.join(dir, 'nope.txt') })), { name: 'ConfigError', message: /^--jmap-url-map: .*nope\.txt: cannot read/ });
+});
+
+t.test('validateConfig: --jmap-users-allow / --jmap-users-deny', async (t) => {
+  const config = validateConfig(raw({ jmapUsersAllow: ['example.com,/^beta-\\d{1,3}@example\\.org$/', '*.hosted.test'], jmapUsersDeny: 'ceo@example.com' }));
+  t.same(config.jmapUsers.allowed('a@example.com'), { ok: true });
+  t.same(config.jmapUsers.allowed('beta-12@example.org'), { ok: true });
+  t.same(config.jmapUsers.allowed('a@x.hosted.test'), { ok: true });
+  t.same(config.jmapUsers.allowed('CEO@example.com'), { ok: false, reason: 'denied' });
+  t.same(config.jmapUsers.allowed('a@example.org'), { ok: false, reason: 'not-allowed' });
+  t.throws(() => validateConfig(raw({ jmapUsersAllow: '/(/' })), { name: 'ConfigError', message: /^--jmap-users-allow: "\/\(\/" is not a valid regular expression/ });
+  t.throws(() => validateConfig(raw({ jmapUsersDeny: ['ok.test', 'not a domain'] })), { name: 'ConfigError', message: /^--jmap-users-deny: "not a domain" is not a domain/ });
+});
+
+t.test('validateConfig: --jmap-verify, its timeout, TTL and CA', async (t) => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'config-ca-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const pem = path.join(dir, 'ca.pem');
+  writeFileSync(pem, '-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n');
+  const notPem = path.join(dir, 'ca.txt');
+  writeFileSync(notPem, 'not a certificate\n');
+  const config = validateConfig(raw({ jmapVerify: true, jmapVerifyTimeout: '500ms', jmapVerifyTtl: '2h', jmapVerifyCa: pem }));
+  t.equal(config.jmapVerify, true);
+  t.equal(config.jmapVerifyTimeoutMs, 500);
+  t.equal(config.jmapVerifyTtlMs, 7_200_000);
+  t.match(config.jmapVerifyCa?.toString('utf8'), /BEGIN CERTIFICATE/);
+  t.equal(config.jmapVerifyCaFile, pem);
+  t.equal(validateConfig(raw({ jmapVerifyTimeout: 3, jmapVerifyTtl: '0' })).jmapVerifyTimeoutMs, 3000, 'plain seconds');
+  t.equal(validateConfig(raw({ jmapVerifyTtl: '0' })).jmapVerifyTtlMs, 0, 'TTL 0: results are not remembered');
+  t.equal(validateConfig(raw({ jmapVerifyTtl: '10' })).jmapVerifyTtlMs, 10_000);
+
+  const cases: Array<[string, Partial<RawConfig>, string | RegExp]> = [
+    ['zero timeout', { jmapVerifyTimeout: '0' }, '--jmap-verify-timeout: must be above zero'],
+    ['junk timeout', { jmapVerifyTimeout: 'soon' }, /^--jmap-verify-timeout: expected seconds or a duration/],
+    ['junk TTL', { jmapVerifyTtl: '10 minutes' }, /^--jmap-verify-ttl: expected seconds or a duration/],
+    ['negative TTL', { jmapVerifyTtl: -1 }, '--jmap-verify-ttl: must be a non-negative number of seconds'],
+    ['CA without --jmap-verify', { jmapVerifyCa: pem }, '--jmap-verify-ca needs --jmap-verify'],
+    ['missing CA file', { jmapVerify: true, jmapVerifyCa: path.join(dir, 'nope.pem') }, /^--jmap-verify-ca: cannot read .*nope\.pem: ENOENT/],
+    ['CA file without PEM', { jmapVerify: true, jmapVerifyCa: notPem }, `--jmap-verify-ca: ${notPem} holds no PEM certificate`],
+  ];
+  for (const [name, overrides, message] of cases) t.throws(() => validateConfig(raw(overrides)), { name: 'ConfigError', message }, name);
+});
+
+t.test('describeConfig: summaries of the new fields, no certificate bytes, JSON-safe', async (t) => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'config-describe-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const map = path.join(dir, 'map.txt');
+  writeFileSync(map, 'a.test https://jmap.a.test/\n* https://jmap.{domain}/\n');
+  const pem = path.join(dir, 'ca.pem');
+  writeFileSync(pem, '-----BEGIN CERTIFICATE-----\nMIIBsecretish\n-----END CERTIFICATE-----\n');
+  const config = validateConfig(
+    raw({ jmapUrl: 'https://jmap.example.test/{localpart}', jmapUrlMap: map, jmapUsersAllow: 'a.test,/x/i', jmapVerify: true, jmapVerifyCa: pem }),
+  );
+  const described = JSON.parse(JSON.stringify(describeConfig(config))) as Record<string, unknown>;
+  t.same(described.jmapUrls, { jmapUrl: 'https://jmap.example.test/{localpart}', jmapUrlMap: map, mapEntries: 2 });
+  t.same(described.jmapUsers, { allow: ['a.test', '/x/i'], deny: [] });
+  t.equal(described.jmapVerifyCa, 'from --jmap-verify-ca');
+  t.equal(described.jmapVerifyCaFile, pem);
+  t.equal(described.jmapVerifyTimeoutMs, 2000);
+  t.notMatch(JSON.stringify(described), /MIIB|BEGIN CERTIFICATE/, 'no certificate bytes');
 });
