@@ -30,12 +30,6 @@ export interface JmapPolicy {
   readonly verify: ((url: string, identity: string, secret: LoginSecret) => Promise<VerifyResult>) | null;
 }
 
-/** One URL for everyone, nothing verified: the policy without per-user settings. */
-export function staticJmapPolicy(config: Pick<Config, 'jmapUrl' | 'jmapUrlQuoted'>): JmapPolicy {
-  const target: JmapTarget = { ok: true, url: config.jmapUrl, quoted: config.jmapUrlQuoted };
-  return { target: () => target, verify: null };
-}
-
 /** How the client authenticated: `LOGIN` for the LOGIN command, else the SASL mechanism. */
 export interface Authentication {
   readonly mechanism: string;

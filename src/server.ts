@@ -9,7 +9,8 @@ import type { Logger } from 'pino';
 import type { Config, HostPort } from './config.js';
 import { Session, type SessionSnapshot } from './session.js';
 import { GreetingCache } from './greeting.js';
-import { staticJmapPolicy, type JmapPolicy } from './jmapaccess.js';
+import type { JmapPolicy } from './jmapaccess.js';
+import { jmapPolicyFor } from './jmap-policy.js';
 import { CertificateStore, TLS_HANDSHAKE_TIMEOUT_MS } from './tls.js';
 import { Metrics, type Readiness } from './metrics.js';
 import { parseProxyHeader, type Endpoints } from './proxy-protocol.js';
@@ -88,7 +89,6 @@ export class ProxyServer {
   /** Throws CertificateError when a configured certificate cannot be used. */
   constructor(config: Config, log: Logger) {
     this.config = config;
-    this.jmap = staticJmapPolicy(config);
     this.log = log;
     this.certificates = config.tls ? new CertificateStore(config.tls, log) : null;
     this.metrics = new Metrics(() => {
@@ -100,6 +100,7 @@ export class ProxyServer {
       }
       return totals;
     });
+    this.jmap = jmapPolicyFor(config, this.metrics, log);
     this.trustedProxies = config.acceptProxyProtocol ? blockListOf(config.trustedProxies) : null;
     this.plainServer = net.createServer({ noDelay: true, allowHalfOpen: true }, (socket) =>
       this.onTcpConnection(socket, false),

@@ -418,7 +418,11 @@ export class Session {
   private onUpstreamData(chunk: Buffer): void {
     if (this.closing) return;
     this.serverFramer.push(chunk);
-    // A held client line may now be answerable (commands completed, challenge arrived).
+    this.afterServerInput();
+  }
+
+  /** Server responses went by: a held client line may now be answerable (commands completed, challenge arrived). */
+  private afterServerInput(): void {
     if (this.clientHeld && !this.closing) {
       this.clientHeld = false;
       this.clientFramer.resume();
@@ -826,8 +830,8 @@ export class Session {
     entry.verification = result;
     if (this.closed || this.awaitingVerification !== entry) return;
     this.awaitingVerification = null;
-    this.serverFramer.resume(); // replays the login's tagged OK
-    this.flush();
+    this.serverFramer.resume(); // replays the login's tagged OK, and what came after it
+    this.afterServerInput();
   }
 
   private holdClientLine(): void {
