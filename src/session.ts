@@ -1142,7 +1142,9 @@ export class Session {
             mechanism: entry.mechanism ?? 'UNKNOWN',
             user: entry.user,
             jmap: this.jmapTarget(entry),
-            verification: entry.verification ?? 'off',
+            // With --jmap-verify, a login whose credentials the proxy could not
+            // read (an over-long LOGIN, an odd SASL exchange) was never checked.
+            verification: entry.verification ?? (this.jmapPolicy.verify ? { ok: false, reason: 'no-credentials' } : 'off'),
           });
         }
         break;
