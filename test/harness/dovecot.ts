@@ -654,7 +654,9 @@ export async function startDovecot(opts: DovecotOptions = {}): Promise<Dovecot> 
   const users = { ...(opts.users ?? DEFAULT_USERS) };
   for (const [u, pw] of Object.entries(users)) {
     // passwd-file is ':'-separated; keep names safe as path components too.
-    if (!/^[A-Za-z0-9._@+-]+$/.test(u) || u.startsWith('.')) throw new Error(`unsupported user name for passwd-file: ${JSON.stringify(u)}`);
+    // Anything else goes (spaces, quotes, `%`, non-ASCII): Dovecot itself
+    // refuses names outside auth_username_chars unless the test empties it.
+    if (u === '' || /[:/\\\0\r\n]/.test(u) || u.startsWith('.')) throw new Error(`unsupported user name for passwd-file: ${JSON.stringify(u)}`);
     if (/[:\r\n\0]/.test(pw)) throw new Error(`unsupported password for user ${u} (contains ':' or a newline)`);
   }
   const oauth = opts.oauth ?? false;

@@ -68,6 +68,8 @@ export interface FakeJmapUser {
 export interface FakeJmapRequest {
   readonly method: string;
   readonly path: string;
+  /** The request target as received: the path and any query (`/jmap/?u=alice%40x`). */
+  readonly target: string;
   /** The Authorization header as received, or undefined. */
   readonly authorization: string | undefined;
   /** The user it authenticated as, if any. */
@@ -235,7 +237,7 @@ export async function startFakeJmapEndpoint(options: FakeJmapOptions = {}): Prom
 
   const server = https.createServer({ key: readFileSync(cert.keyFile), cert: cert.cert }, (req, res) => {
     const path = (req.url ?? '/').split('?')[0] as string;
-    const entry = { method: req.method ?? '', path, authorization: req.headers.authorization, user: undefined as string | undefined };
+    const entry = { method: req.method ?? '', path, target: req.url ?? '/', authorization: req.headers.authorization, user: undefined as string | undefined };
     requests.push(entry);
     req.resume();
     let m: RegExpExecArray | null;
