@@ -25,7 +25,6 @@ import {
   NOT_FOR_THIS_ACCOUNT,
   VERIFY_METRIC,
   assertJmapAccess,
-  jmapAccessCount,
   lastLogin,
   metricValue,
   plainResponse,
