@@ -12,7 +12,7 @@
 
 import t, { type Test } from 'tap';
 import type { FakeJmapMode } from '../harness/jmap-endpoint.js';
-import { capabilityLists, countAtom, dovecotFor, imapflowFor, lines, proxyFor, rawClient, sleep, type ProxyOptions } from './helpers.js';
+import { capabilityLists, countAtom, dovecotFor, imapflowFor, lines, proxyFor, rawClient, sleep, type ProxyOptions, type RawClient } from './helpers.js';
 import {
   DECISIONS_METRIC,
   NOT_FOR_THIS_ACCOUNT,
@@ -343,10 +343,21 @@ t.test('endpoint refusals: each with its reason in the login log line and in the
 });
 
 t.test('AUTHENTICATE LOGIN with an empty initial response ("="): the credentials are still checked with the JMAP server', async (t) => {
-  // ivan's JMAP server refuses him (401) whatever he sends.
-  const proxy = await verifyingProxy(t);
+  /** `a AUTHENTICATE LOGIN =`, then the user name and the password in two continuations (Dovecot accepts this). */
+  const emptyInitialResponseLogin = async (t: Test, port: number, user: string): Promise<{ client: RawClient; text: string }> => {
+    const { client } = await rawClient(t, port);
+    client.send('a AUTHENTICATE LOGIN =\r\n');
+    t.match(await client.readUntil('\n'), /^\+/, 'Username: challenge');
+    client.send(`${b64(user)}\r\n`);
+    t.match(await client.readUntil('\n'), /^\+/, 'Password: challenge');
+    client.send(`${b64(PASSWORDS[user] as string)}\r\n`);
+    const text = await client.response('a');
+    t.match(text, /^a OK /m, 'Dovecot accepted the login');
+    return { client, text };
+  };
 
-  await t.test('control: the user name as the initial response', async (t) => {
+  await t.test('control: the user name as the initial response (ivan, whom the JMAP server refuses)', async (t) => {
+    const proxy = await verifyingProxy(t);
     const before = jmap.requests.length;
     const { client } = await rawClient(t, proxy.port);
     client.send(`a AUTHENTICATE LOGIN ${b64('ivan')}\r\n`);
@@ -357,20 +368,25 @@ t.test('AUTHENTICATE LOGIN with an empty initial response ("="): the credentials
     await assertJmapAccess(t, client, 'refused');
   });
 
-  await t.test('"=" then the user name and the password in two continuations (Dovecot accepts this)', async (t) => {
-    const fresh = await verifyingProxy(t); // no cached answer from the control
-    const before = jmap.requests.length;
-    const { client } = await rawClient(t, fresh.port);
-    client.send('a AUTHENTICATE LOGIN =\r\n');
-    t.match(await client.readUntil('\n'), /^\+/, 'Username: challenge');
-    client.send(`${b64('ivan')}\r\n`);
-    t.match(await client.readUntil('\n'), /^\+/, 'Password: challenge');
-    client.send(`${b64(PASSWORDS.ivan as string)}\r\n`);
-    const text = await client.response('a');
-    t.match(text, /^a OK /m, 'Dovecot accepted the login');
-    t.same(since(before).map((r) => r.authorization), [basicHeader('ivan', PASSWORDS.ivan as string)], 'the JMAP server was asked, with Basic');
-    t.equal(jmapAccessCount(text).withJmapAccess, 0, 'no JMAPACCESS: the JMAP server refuses these credentials');
+  await t.test('"=": a user the JMAP server refuses gets no JMAPACCESS', async (t) => {
+    const proxy = await verifyingProxy(t);
+    const { client, text } = await emptyInitialResponseLogin(t, proxy.port, 'ivan');
+    t.equal(jmapAccessCount(text).withJmapAccess, 0, 'no JMAPACCESS in the login answer');
     await assertJmapAccess(t, client, 'refused');
-    t.match(lastLogin(fresh), { user: 'ivan', mechanism: 'LOGIN', jmapaccess: 'refused', reason: 'jmap-not-verified' });
+    t.match(lastLogin(proxy), { user: 'ivan', mechanism: 'LOGIN', jmapaccess: 'refused', reason: 'jmap-not-verified' });
+  });
+
+  await t.test('"=": a user the JMAP server accepts is probed with Basic and granted', async (t) => {
+    const proxy = await verifyingProxy(t);
+    const before = jmap.requests.length;
+    const { client, text } = await emptyInitialResponseLogin(t, proxy.port, 'jack');
+    t.same(
+      since(before).map((r) => [r.target, r.authorization]),
+      [['/jmap/?account=jack', basicHeader('jack', PASSWORDS.jack as string)]],
+      'the JMAP server was asked, with the user and password of the two continuations',
+    );
+    t.equal(jmapAccessCount(text).withJmapAccess, 1, 'JMAPACCESS in the login answer');
+    await assertJmapAccess(t, client, { url: urlFor('jack') });
+    t.match(lastLogin(proxy), { user: 'jack', mechanism: 'LOGIN', jmapaccess: 'granted' });
   });
 });
