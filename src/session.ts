@@ -797,6 +797,8 @@ export class Session {
   /** --jmap-verify: the secret is in the first SASL response, or the second (LOGIN mechanism). */
   private readSaslSecret(entry: InFlight, response: string): void {
     if (!this.jmapPolicy.verify || entry.verification !== undefined || !entry.mechanism) return;
+    // "=" is an empty initial response (RFC 4959): the mechanism's first response comes next.
+    if (response.trim() === '=') return;
     const responses = (entry.saslResponses ??= []);
     responses.push(response);
     const secret = saslCredentials(entry.mechanism, responses);
