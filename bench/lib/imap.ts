@@ -9,6 +9,8 @@
  */
 
 import net from 'node:net';
+import tls from 'node:tls';
+import zlib from 'node:zlib';
 
 const LF = 0x0a;
 const CR = 0x0d;
@@ -18,6 +20,11 @@ const OPEN_BRACE = 0x7b;
 const CLOSE_BRACE = 0x7d;
 
 export class ImapError extends Error {}
+
+export interface ClientTls {
+  ca: Buffer | string;
+  servername?: string;
+}
 
 /**
  * One read buffer for every connection of the process (net's `onread`):
@@ -70,28 +77,42 @@ export class ImapClient {
   private greetingWaiter: ((line: string) => void) | null = null;
   private greeting: string | null = null;
 
-  private constructor(host: string, port: number) {
-    const socket = net.connect({
-      host,
-      port,
-      onread: {
-        buffer: READ_BUFFER,
-        callback: (n: number, buf: Uint8Array) => {
-          this.onData(Buffer.from(buf.buffer, buf.byteOffset, n));
-          return true;
-        },
-      },
-    });
+  private deflate: zlib.DeflateRaw | null = null;
+  /** After COMPRESS: received bytes go through this first. */
+  private inflate: zlib.InflateRaw | null = null;
+
+  private constructor(host: string, port: number, tlsOptions?: ClientTls) {
+    // TLS reads into its own buffers; plain TCP reads into the shared one.
+    const socket = tlsOptions
+      ? tls.connect({ host, port, ca: tlsOptions.ca, servername: tlsOptions.servername })
+      : net.connect({
+          host,
+          port,
+          onread: {
+            buffer: READ_BUFFER,
+            callback: (n: number, buf: Uint8Array) => {
+              this.received(Buffer.from(buf.buffer, buf.byteOffset, n), true);
+              return true;
+            },
+          },
+        });
+    if (tlsOptions) socket.on('data', (chunk: Buffer) => this.received(chunk, false));
     this.socket = socket;
     socket.setNoDelay(true);
     socket.on('error', (err) => this.fail(err));
-    socket.on('close', () => this.fail(new ImapError('connection closed')));
+    socket.on('close', () => {
+      // After COMPRESS the last responses may still be in the inflater.
+      const inflate = this.inflate;
+      if (!inflate) return this.fail(new ImapError('connection closed'));
+      inflate.once('end', () => this.fail(new ImapError('connection closed')));
+      inflate.end();
+    });
   }
 
-  /** Connects and waits for the `* OK` greeting. */
-  static connect(port: number, host = '127.0.0.1', timeoutMs = 10_000): Promise<ImapClient> {
+  /** Connects (over TLS with `tlsOptions`) and waits for the `* OK` greeting. */
+  static connect(port: number, host = '127.0.0.1', timeoutMs = 10_000, tlsOptions?: ClientTls): Promise<ImapClient> {
     return new Promise((resolve, reject) => {
-      const client = new ImapClient(host, port);
+      const client = new ImapClient(host, port, tlsOptions);
       const socket = client.socket;
       const timer = setTimeout(() => {
         socket.destroy();
@@ -120,8 +141,37 @@ export class ImapClient {
   /** Sends `tag text` and resolves with the tagged OK line (rejects on NO/BAD/close). */
   command(tag: string, text: string): Promise<string> {
     const done = this.expectTagged(tag);
-    this.socket.write(`${tag} ${text}\r\n`, 'latin1');
+    this.write(`${tag} ${text}\r\n`);
     return done;
+  }
+
+  /** Writes raw bytes (through the compressor after COMPRESS, flushed at once). */
+  write(data: string | Buffer): void {
+    if (this.deflate) {
+      this.deflate.write(typeof data === 'string' ? Buffer.from(data, 'latin1') : data);
+      this.deflate.flush(zlib.constants.Z_SYNC_FLUSH);
+    } else {
+      this.socket.write(typeof data === 'string' ? Buffer.from(data, 'latin1') : data);
+    }
+  }
+
+  /** COMPRESS DEFLATE (RFC 4978): both directions compressed from the next byte on. */
+  async compress(): Promise<void> {
+    await this.command('C', 'COMPRESS DEFLATE');
+    const inflate = zlib.createInflateRaw();
+    const deflate = zlib.createDeflateRaw();
+    deflate.pipe(this.socket);
+    inflate.on('data', (chunk: Buffer) => this.onData(chunk));
+    inflate.on('error', (err) => this.fail(err));
+    this.inflate = inflate;
+    this.deflate = deflate;
+  }
+
+  private received(chunk: Buffer, shared: boolean): void {
+    const inflate = this.inflate;
+    if (!inflate) return this.onData(chunk);
+    // The inflater works asynchronously: the shared read buffer must be copied.
+    inflate.write(shared ? Buffer.from(chunk) : chunk);
   }
 
   /** Resolves with the tagged OK line for `tag` (sent by the caller). */
