@@ -704,14 +704,16 @@ async function main(): Promise<number> {
       const port = await freePort();
       conc.metricsPort = await freePort();
       const has = (flag: string) => o.proxyArgs.some((a) => a === flag || a.startsWith(`${flag}=`));
+      // the workload reads this proxy's /metrics: its own listener, always
+      if (has('--metrics-listen')) throw new Error('concurrency sets --metrics-listen itself: leave it out of --proxy-arg');
       const extra = [
-        ...(has('--metrics-listen') ? [] : ['--metrics-listen', `127.0.0.1:${conc.metricsPort}`]),
+        '--metrics-listen',
+        `127.0.0.1:${conc.metricsPort}`,
         // the proxy's own login timeout (60 s by default) would close the pre-auth connections during the hold
         ...(has('--preauth-timeout') ? [] : ['--preauth-timeout', `${concPreauthTimeoutS}s`]),
         ...(has('--shutdown-grace') ? [] : ['--shutdown-grace', '1s']),
         ...(has('--max-connections') || concTotal + 100 <= 10000 ? [] : ['--max-connections', String(concTotal + 100)]),
       ];
-      if (has('--metrics-listen')) throw new Error('concurrency sets --metrics-listen itself: leave it out of --proxy-arg');
       const args = [
         CLI,
         '--listen',
@@ -1171,7 +1173,7 @@ async function main(): Promise<number> {
     const say = (s = '') => process.stdout.write(`${s}\n`);
     say();
     say(
-      `jmapaccess-proxy benchmark, ${out.mode} run, ${o.reps} repetitions, ${started.toISOString()} — ` +
+      `jmapaccess-proxy benchmark, ${out.mode} run, ${o.workloads.every((w) => w === 'concurrency') ? o.concReps : o.reps} repetitions, ${started.toISOString()} — ` +
         `${machine.cpus} × ${machine.cpuModel}, ${machine.kernel}, Node ${machine.node}, Dovecot ${machine.dovecot.split(' ')[0]}, ` +
         `commit ${machine.gitCommit}${machine.srcDirty ? ' (src/ modified)' : ''}`,
     );
@@ -1186,7 +1188,9 @@ async function main(): Promise<number> {
     say(cpuTable);
     say();
     const fetchRuns = runs.filter((r) => r.digest !== undefined);
-    if (o.digest === 'none') say('FETCH digests: off (--digest none); only response and byte counts were checked');
+    if (fetchRuns.length === 0) {
+      /* no FETCH workload ran */
+    } else if (o.digest === 'none') say('FETCH digests: off (--digest none); only response and byte counts were checked');
     else
       say(
         digestFailures === 0
@@ -1207,7 +1211,9 @@ async function main(): Promise<number> {
       );
     }
     if (o.workloads.includes('concurrency')) for (const l of concurrencyVerdict(runs.filter((r) => r.workload === 'concurrency' && ok(r)), o)) say(l);
-    if (proxyPeakRssKiB !== null) say(`proxy peak RSS: ${(proxyPeakRssKiB / 1024).toFixed(1)} MiB`);
+    if (proxyPeakRssKiB !== null && o.workloads.some((w) => w !== 'concurrency')) {
+      say(`proxy peak RSS${o.workloads.includes('concurrency') ? ' (the proxy of the other workloads; concurrency has its own)' : ''}: ${(proxyPeakRssKiB / 1024).toFixed(1)} MiB`);
+    }
     if (errors > 0) {
       say(`${errors} runs FAILED:`);
       for (const r of runs.filter((x) => x.error)) say(`  ${r.workload} rep ${r.rep} ${r.target}: ${r.error}`);
