@@ -46,7 +46,7 @@ export interface ConcurrencyProbe {
   middleCpuS(): number | null;
   /** Dovecot's process tree: summed Pss, KiB, and the number of processes */
   dovecotMemory(): { pss: number; processes: number };
-  /** the proxy's /metrics, parsed into name -> value (unlabelled samples only), with the request's round trip; null for direct */
+  /** the proxy's /metrics, parsed into name (with labels, as written) -> value, with the request's round trip; null for direct */
   scrape(): Promise<{ values: Map<string, number>; ms: number } | null>;
   /** resolves when the target holds no session any more (or after a bounded wait) */
   drained(): Promise<void>;
@@ -55,6 +55,10 @@ export interface ConcurrencyProbe {
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 const LAG = 'jmapaccess_proxy_nodejs_eventloop_lag_';
+/** committed bytes of each V8 heap space (labelled by space) */
+const HEAP_SPACE = 'jmapaccess_proxy_nodejs_heap_space_size_total_bytes';
+/** V8's young generation counts as shrunk (by its memory reducer) at or below this committed size */
+const YOUNG_SETTLED_KIB = 2048;
 const CHECK_TIMEOUT_MS = 30_000;
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
@@ -201,17 +205,34 @@ export async function concurrency(ctx: Ctx, p: ConcurrencyParams, probe: Concurr
   await probe.drained();
   await sleep(1000);
   // Each reading of the proxy: RSS as it is, then RSS right after a full GC
-  // (the garbage of a ramp is collected whenever V8 likes, and is of the order
-  // of the IDLE sessions' whole cost).
+  // (the garbage of a ramp is collected whenever V8 likes), and the committed
+  // size of V8's young generation then. A ramp of thousands of connections
+  // makes V8 grow its young generation to the maximum (32 MiB committed, ~4
+  // KiB per pre-auth connection of 8,000), and only V8's memory reducer
+  // shrinks it again, 10–30 s after the allocation stops (measured; a forced
+  // GC, even a last-resort one, does not). That memory follows the recent
+  // allocation rate, not the connections held. So the settled figures compare
+  // readings taken with the young generation shrunk: the baseline (we wait for
+  // it) and the end of the hold (V8 has shrunk it by then); the IDLE ramp's
+  // delta is taken between two readings with the same, grown, young generation.
   const read = async () => {
     const raw = probe.middleMemory();
     await probe.collect();
     // V8 gives the freed pages back from a background thread, shortly after the GC
     await sleep(1000);
     const gc = probe.middleMemory();
-    return raw && gc ? { raw: raw.rss, gc: gc.rss, hwm: gc.hwm } : null;
+    const s = await probe.scrape();
+    const young = (s?.values.get(`${HEAP_SPACE}{space="new"}`) ?? NaN) / 1024;
+    return raw && gc ? { raw: raw.rss, gc: gc.rss, hwm: gc.hwm, young } : null;
   };
-  const base = await read();
+  let base = await read();
+  if (base && !(base.young <= YOUNG_SETTLED_KIB)) {
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline && base && !(base.young <= YOUNG_SETTLED_KIB)) {
+      await sleep(2000);
+      base = await read();
+    }
+  }
   const dBase = probe.dovecotMemory();
   await probe.scrape(); // resets the proxy's loop-delay histogram: the next reading covers the ramp
 
@@ -247,7 +268,7 @@ export async function concurrency(ctx: Ctx, p: ConcurrencyParams, probe: Concurr
   // so this first one closes the ramp's window and every later one covers the
   // few seconds since the one before.
   const ramp = await probe.scrape();
-  const windows: Array<{ atS: number; p50: number; p99: number; max: number; mean: number; open: number; scrapeMs: number }> = [];
+  const windows: Array<{ atS: number; p50: number; p99: number; max: number; mean: number; open: number; scrapeMs: number; rssKiB: number; youngKiB: number }> = [];
   ctx.win.start();
   const holdStart = Date.now();
   const holdEnd = holdStart + p.holdS * 1000;
@@ -264,6 +285,8 @@ export async function concurrency(ctx: Ctx, p: ConcurrencyParams, probe: Concurr
         mean: (v.get(`${LAG}mean_seconds`) ?? NaN) * 1000,
         open: v.get('jmapaccess_proxy_connections_open') ?? NaN,
         scrapeMs: Math.round(s.ms * 10) / 10,
+        rssKiB: probe.middleMemory()?.rss ?? NaN,
+        youngKiB: (v.get(`${HEAP_SPACE}{space="new"}`) ?? NaN) / 1024,
       });
     }
   }
@@ -300,12 +323,17 @@ export async function concurrency(ctx: Ctx, p: ConcurrencyParams, probe: Concurr
     metrics['proxy CPU µs/IDLE session'] = (middleIdle / p.idle) * 1e6;
   }
   if (base && afterPre && afterIdle && end) {
-    metrics['RSS KiB/pre-auth'] = kib((afterPre.gc - base.gc) / p.preauth);
-    metrics['RSS KiB/IDLE'] = kib((afterIdle.gc - afterPre.gc) / p.idle);
+    const idleDelta = afterIdle.gc - afterPre.gc;
+    metrics['RSS KiB/pre-auth'] = kib((end.gc - base.gc - idleDelta) / p.preauth);
+    metrics['RSS KiB/IDLE'] = kib(idleDelta / p.idle);
+    metrics['RSS KiB/pre-auth, as is'] = kib((afterPre.gc - base.gc) / p.preauth);
     metrics['RSS KiB/pre-auth, no GC'] = kib((afterPre.raw - base.raw) / p.preauth);
     metrics['RSS KiB/IDLE, no GC'] = kib((afterIdle.raw - afterPre.raw) / p.idle);
-    metrics['RSS KiB/conn at end'] = kib((end.gc - base.gc) / total);
-    metrics['RSS KiB/conn at end, no GC'] = kib((end.raw - base.raw) / total);
+    metrics['RSS KiB/conn, end of hold'] = kib((end.gc - base.gc) / total);
+    metrics['RSS KiB/conn, end of hold, no GC'] = kib((end.raw - base.raw) / total);
+    metrics['young generation MiB, base'] = base.young / 1024;
+    metrics['young generation MiB, after the ramps'] = afterIdle.young / 1024;
+    metrics['young generation MiB, end of hold'] = end.young / 1024;
     metrics['RSS growth in hold KiB'] = end.gc - afterIdle.gc;
     metrics['RSS base MiB'] = base.gc / 1024;
     metrics['RSS end MiB'] = end.gc / 1024;
@@ -344,7 +372,7 @@ export async function concurrency(ctx: Ctx, p: ConcurrencyParams, probe: Concurr
   return { metrics, detail, ...(failure ? { failure } : {}) };
 }
 
-/** GET /metrics from the proxy's --metrics-listen port: unlabelled samples as name -> value, and the round trip in ms. */
+/** GET /metrics from the proxy's --metrics-listen port: samples as name (with its labels, as written) -> value, and the round trip in ms. */
 export function scrapeMetrics(port: number, host = '127.0.0.1', timeoutMs = 10_000): Promise<{ values: Map<string, number>; ms: number }> {
   const t0 = process.hrtime.bigint();
   return new Promise((resolve, reject) => {
@@ -358,9 +386,9 @@ export function scrapeMetrics(port: number, host = '127.0.0.1', timeoutMs = 10_0
         const values = new Map<string, number>();
         for (const line of body.split('\n')) {
           if (line === '' || line.startsWith('#')) continue;
-          const sp = line.indexOf(' ');
-          const name = line.slice(0, sp);
-          if (sp > 0 && !name.includes('{')) values.set(name, Number(line.slice(sp + 1)));
+          // `name value` or `name{label="x",...} value` (kept with its labels as the key)
+          const sp = line.lastIndexOf(' ');
+          if (sp > 0) values.set(line.slice(0, sp), Number(line.slice(sp + 1)));
         }
         resolve({ values, ms });
       });
