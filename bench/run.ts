@@ -491,6 +491,10 @@ function concurrencyVerdict(runs: RunRecord[], o: Options): string[] {
         `${num(worst(rs, 'RSS KiB/conn, end of hold', Math.max))} KiB per connection at the end of the hold, ` +
         `loop delay p99 ${num(p99)} ms (< ${T.loopP99Ms}: ${mark(p99 < T.loopP99Ms)}), ` +
         `scrape of /metrics up to ${num(worst(rs, 'scrape ms, max', Math.max))} ms`;
+      const young = worst(rs, 'young generation MiB, end of hold', Math.max);
+      if (young > 2) {
+        line += `\n  NOTE: V8's young generation was still ${num(young)} MiB at the end of the hold (not shrunk yet): the settled figures include it; hold longer`;
+      }
     }
     out.push(line);
   }
