@@ -223,7 +223,11 @@ export async function concurrency(ctx: Ctx, p: ConcurrencyParams, probe: Concurr
     const gc = probe.middleMemory();
     const s = await probe.scrape();
     const young = (s?.values.get(`${HEAP_SPACE}{space="new"}`) ?? NaN) / 1024;
-    return raw && gc ? { raw: raw.rss, gc: gc.rss, hwm: gc.hwm, young } : null;
+    // V8 heap in use right after the GC: live JS objects only, exact to the byte
+    // (RSS moves by pages and by a MiB or two on its own); plus Buffers' memory
+    const heap = (s?.values.get('jmapaccess_proxy_nodejs_heap_size_used_bytes') ?? NaN) / 1024;
+    const external = (s?.values.get('jmapaccess_proxy_nodejs_external_memory_bytes') ?? NaN) / 1024;
+    return raw && gc ? { raw: raw.rss, gc: gc.rss, hwm: gc.hwm, young, heap, external } : null;
   };
   let base = await read();
   if (base && !(base.young <= YOUNG_SETTLED_KIB)) {
@@ -325,12 +329,18 @@ export async function concurrency(ctx: Ctx, p: ConcurrencyParams, probe: Concurr
   if (base && afterPre && afterIdle && end) {
     const idleDelta = afterIdle.gc - afterPre.gc;
     metrics['RSS KiB/pre-auth'] = kib((end.gc - base.gc - idleDelta) / p.preauth);
-    metrics['RSS KiB/IDLE'] = kib(idleDelta / p.idle);
+    // Only meaningful when the IDLE ramp did not grow the young generation further (the pre-auth ramp maxed it).
+    if (afterIdle.young === afterPre.young) metrics['RSS KiB/IDLE'] = kib(idleDelta / p.idle);
+    metrics['RSS KiB/IDLE, whatever the young generation did'] = kib(idleDelta / p.idle);
     metrics['RSS KiB/pre-auth, as is'] = kib((afterPre.gc - base.gc) / p.preauth);
     metrics['RSS KiB/pre-auth, no GC'] = kib((afterPre.raw - base.raw) / p.preauth);
     metrics['RSS KiB/IDLE, no GC'] = kib((afterIdle.raw - afterPre.raw) / p.idle);
     metrics['RSS KiB/conn, end of hold'] = kib((end.gc - base.gc) / total);
     metrics['RSS KiB/conn, end of hold, no GC'] = kib((end.raw - base.raw) / total);
+    metrics['JS heap KiB/pre-auth'] = kib((afterPre.heap - base.heap) / p.preauth);
+    metrics['JS heap KiB/IDLE'] = kib((afterIdle.heap - afterPre.heap) / p.idle);
+    metrics['external KiB/pre-auth'] = kib((afterPre.external - base.external) / p.preauth);
+    metrics['external KiB/IDLE'] = kib((afterIdle.external - afterPre.external) / p.idle);
     metrics['young generation MiB, base'] = base.young / 1024;
     metrics['young generation MiB, after the ramps'] = afterIdle.young / 1024;
     metrics['young generation MiB, end of hold'] = end.young / 1024;
