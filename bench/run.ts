@@ -18,6 +18,9 @@ import {
   currentAffinity,
   descendants,
   findDovecotMaster,
+  memoryKiB,
+  nofileLimit,
+  treePssKiB,
   hasTaskset,
   machineBusySeconds,
   setAffinity,
@@ -27,8 +30,12 @@ import {
   type Started,
 } from './lib/procs.js';
 import { appendMany, fetchAll, loginChurn, noops, type Ctx, type DigestKind, type Outcome, type Window } from './lib/workloads.js';
+import { concurrency, scrapeMetrics, type ConcurrencyProbe } from './lib/concurrency.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+/** preloaded into the concurrency proxy: a full GC on SIGUSR2 (see lib/gc-on-signal.ts) */
+const GC_HOOK = fileURLToPath(new URL('./lib/gc-on-signal.js', import.meta.url));
+const GC_DONE_MARKER = 'bench-gc-done';
 const CLI = `${ROOT}dist/cli.js`;
 const RESULTS = `${ROOT}bench/results`;
 const MiB = 1024 * 1024;
@@ -40,13 +47,21 @@ const QUIET_CORES = 0.15;
 /** A run is disturbed when CPU nobody of ours accounts for exceeds this share of its wall time. */
 const OTHER_LIMIT_CORES = 0.25;
 const MAX_RETRIES = 3;
+/** concurrency: connection attempts in flight (somaxconn is 4096: nothing may depend on the listen backlog) */
+const CONC_CONNECT_IN_FLIGHT = 200;
+/** concurrency: IDLE sessions being set up at once (each LOGIN forks an imap process in Dovecot) */
+const CONC_LOGIN_IN_FLIGHT = 20;
+/** concurrency: NOOP / DONE checks in flight at the end */
+const CONC_CHECK_IN_FLIGHT = 500;
+/** concurrency: seconds between two scrapes of the proxy's /metrics during the hold */
+const CONC_SCRAPE_EVERY_S = 5;
 
 // ---------------------------------------------------------------------------
 // options
 
 type Target = 'direct' | 'relay' | 'proxy';
 const ALL_TARGETS: Target[] = ['direct', 'relay', 'proxy'];
-const WORKLOADS = ['fetch-big', 'fetch-small', 'append-sync', 'append-nonsync', 'noop', 'noop-pinned', 'login-churn'] as const;
+const WORKLOADS = ['fetch-big', 'fetch-small', 'append-sync', 'append-nonsync', 'noop', 'noop-pinned', 'login-churn', 'concurrency'] as const;
 type Workload = (typeof WORKLOADS)[number];
 
 interface Options {
@@ -58,6 +73,11 @@ interface Options {
   noopCount: number;
   churnCount: number;
   churnWorkers: number;
+  /** concurrency: connections held without logging in, IDLE sessions, seconds held, repetitions */
+  concPreauth: number;
+  concIdle: number;
+  concHoldS: number;
+  concReps: number;
   targets: Target[];
   workloads: Workload[];
   /** FETCH and APPEND runs repeat their unit until the timed part lasts about this long */
@@ -84,6 +104,11 @@ through the proxy (dist/cli.js), alternating targets, and prints medians.
   --reps N           repetitions per workload and target (default 5, quick 2)
   --targets LIST     comma list of direct,relay,proxy (default all; direct is required)
   --only LIST        comma list of workloads: ${WORKLOADS.join(',')}
+  --conc-preauth N   concurrency: connections that never log in (default 8000, quick 1000)
+  --conc-idle N      concurrency: logged-in sessions in IDLE (default 300, quick 50)
+  --conc-hold S      concurrency: seconds all of them are held (default 60, quick 10)
+  --conc-reps N      concurrency: repetitions (default 1; each is a fresh Dovecot
+                     imap-login process and a fresh proxy, see bench/README.md)
   --min-time S       FETCH and APPEND runs repeat the whole mailbox / the batch of
                      APPENDs a fixed number of times (set from the warm-up) so the
                      timed part lasts about S seconds (default 1, quick 0.3)
@@ -116,6 +141,10 @@ function parseArgs(argv: string[]): Options {
     noopCount: quick ? 1000 : 5000,
     churnCount: quick ? 200 : 1000,
     churnWorkers: 4,
+    concPreauth: quick ? 1000 : 8000,
+    concIdle: quick ? 50 : 300,
+    concHoldS: quick ? 10 : 60,
+    concReps: 1,
     targets: [...ALL_TARGETS],
     workloads: [...WORKLOADS],
     minTimeS: quick ? 0.3 : 1,
@@ -155,6 +184,20 @@ function parseArgs(argv: string[]): Options {
         o.workloads = WORKLOADS.filter((w) => list.includes(w));
         break;
       }
+      case '--conc-preauth':
+      case '--conc-idle':
+      case '--conc-reps': {
+        const n = Number(value());
+        if (!Number.isInteger(n) || n < (a === '--conc-reps' ? 1 : 0)) throw new Error(`${a} must be a ${a === '--conc-reps' ? 'positive' : 'non-negative'} integer`);
+        if (a === '--conc-preauth') o.concPreauth = n;
+        else if (a === '--conc-idle') o.concIdle = n;
+        else o.concReps = n;
+        break;
+      }
+      case '--conc-hold':
+        o.concHoldS = Number(value());
+        if (!(o.concHoldS >= 0)) throw new Error('--conc-hold must be a number of seconds');
+        break;
       case '--min-time':
         o.minTimeS = Number(value());
         if (!(o.minTimeS >= 0)) throw new Error('--min-time must be a number of seconds');
@@ -199,6 +242,12 @@ function parseArgs(argv: string[]): Options {
       default:
         throw new Error(`unknown option ${a}\n\n${HELP}`);
     }
+  }
+  if (o.workloads.includes('concurrency') && o.concHoldS > 120) {
+    process.stderr.write(
+      `warning: --conc-hold ${o.concHoldS}: Dovecot 2.3 closes a connection that has not logged in 180 s after it connected ` +
+        '(measured: "Disconnected for inactivity", NOOPs or not), so pre-auth connections will not all be held past ~180 s minus the ramp\n',
+    );
   }
   return o;
 }
@@ -321,6 +370,8 @@ interface RunRecord {
   digest?: string;
   bytes?: number;
   digestOk?: boolean;
+  /** what a workload keeps besides its numbers (concurrency: RSS readings, loop-delay windows) */
+  detail?: Record<string, unknown>;
   error?: string;
   /** other CPU above the limit during this run */
   disturbed?: boolean;
@@ -328,7 +379,8 @@ interface RunRecord {
   discarded?: boolean;
 }
 
-const PRIMARY: Record<Workload, Array<{ metric: string; better: 'higher' | 'lower' }>> = {
+/** The table's rows per workload; `ratio: false` for figures where a ratio to direct means nothing. */
+const PRIMARY: Record<Workload, Array<{ metric: string; better: 'higher' | 'lower'; ratio?: false }>> = {
   'fetch-big': [{ metric: 'MB/s', better: 'higher' }],
   'fetch-small': [{ metric: 'MB/s', better: 'higher' }],
   'append-sync': [{ metric: 'MB/s', better: 'higher' }],
@@ -342,7 +394,28 @@ const PRIMARY: Record<Workload, Array<{ metric: string; better: 'higher' | 'lowe
     { metric: 'p99 µs', better: 'lower' },
   ],
   'login-churn': [{ metric: 'logins/s', better: 'higher' }],
+  // direct has no proxy: its column shows Dovecot's figures only
+  concurrency: [
+    { metric: 'held', better: 'higher', ratio: false },
+    { metric: 'RSS KiB/pre-auth', better: 'lower', ratio: false },
+    { metric: 'RSS KiB/IDLE', better: 'lower', ratio: false },
+    { metric: 'RSS KiB/conn, end of hold', better: 'lower', ratio: false },
+    { metric: 'RSS KiB/pre-auth, as is', better: 'lower', ratio: false },
+    { metric: 'JS heap KiB/pre-auth', better: 'lower', ratio: false },
+    { metric: 'JS heap KiB/IDLE', better: 'lower', ratio: false },
+    { metric: 'peak RSS MiB', better: 'lower', ratio: false },
+    { metric: 'loop p99 ms', better: 'lower', ratio: false },
+    { metric: 'loop max ms', better: 'lower', ratio: false },
+    { metric: 'Dovecot PSS KiB/pre-auth', better: 'lower' },
+    { metric: 'Dovecot PSS KiB/IDLE', better: 'lower' },
+  ],
 };
+
+/** The issue's targets for the proxy in the concurrency workload. */
+const CONCURRENCY_TARGETS = { rssPreauthKiB: 8, rssIdleKiB: 16, loopP99Ms: 20 };
+
+/** The socat relay forks a process per connection: RSS per connection means nothing for it. */
+const targetsFor = (w: Workload, targets: Target[]): Target[] => (w === 'concurrency' ? targets.filter((t) => t !== 'relay') : targets);
 
 /** Workloads that repeat their unit `passes` times per run. */
 const REPEATED: ReadonlySet<Workload> = new Set(['fetch-big', 'fetch-small', 'append-sync', 'append-nonsync']);
@@ -364,7 +437,73 @@ function label(w: Workload, o: Options, passes: Map<Workload, number>): string {
       return `NOOP × ${o.noopCount}, 1 CPU`;
     case 'login-churn':
       return `LOGIN churn × ${o.churnCount}, ${o.churnWorkers} workers`;
+    case 'concurrency':
+      return `${o.concPreauth} pre-auth + ${o.concIdle} IDLE, ${o.concHoldS} s`;
   }
+}
+
+function repsFor(w: Workload, o: Options): number {
+  return w === 'concurrency' ? o.concReps : o.reps;
+}
+
+/** One line of progress for a concurrency run. */
+function concurrencyLine(m: Record<string, number>): string {
+  const parts = [`held ${m.held ?? '?'}/${m.of ?? '?'}`];
+  if (m['RSS KiB/pre-auth'] !== undefined) parts.push(`RSS ${num(m['RSS KiB/pre-auth'])} KiB/pre-auth, ${num(m['RSS KiB/IDLE'] ?? NaN)} KiB/IDLE`);
+  if (m['loop p99 ms'] !== undefined) parts.push(`loop p99 ${num(m['loop p99 ms'])} ms`);
+  parts.push(`Dovecot ${num(m['Dovecot PSS KiB/pre-auth'] ?? NaN)} KiB/pre-auth, ${num(m['Dovecot PSS KiB/IDLE'] ?? NaN)} KiB/IDLE`);
+  return parts.join(', ');
+}
+
+/** The concurrency workload's figures against the issue's targets (the worst run of each target counts). */
+function concurrencyVerdict(runs: RunRecord[], o: Options): string[] {
+  const out: string[] = [];
+  const worst = (rs: RunRecord[], m: string, f: (...x: number[]) => number) => {
+    const v = rs.map((r) => r.metrics[m]).filter((x): x is number => x !== undefined && Number.isFinite(x));
+    return v.length ? f(...v) : NaN;
+  };
+  out.push(
+    `concurrency: ${o.concPreauth} connections that never log in + ${o.concIdle} logged-in sessions in IDLE, held ${o.concHoldS} s ` +
+      '(the relay is left out: socat forks a process per connection). RSS per connection = VmRSS growth of the proxy / count, ' +
+      'after a full GC, settled: pre-auth = (end of hold − baseline − the IDLE ramp\'s growth) / count, with V8\'s young generation shrunk ' +
+      'at both ends ("as is": right after the ramp, young generation grown by it); ' +
+      'Dovecot = Pss growth of its process tree / count. loop delay = the largest p99 (and max) of the scrape windows of the hold, ' +
+      'from monitorEventLoopDelay with a 10 ms resolution: an idle event loop reads ~10.1 ms.',
+  );
+  for (const t of ['direct', 'proxy'] as const) {
+    const rs = runs.filter((r) => r.target === t);
+    if (rs.length === 0) continue;
+    const held = worst(rs, 'held', Math.min);
+    const of = rs[0]?.metrics.of ?? NaN;
+    const share = worst(
+      rs.map((r) => ({ ...r, metrics: { s: r.clientCpuS / r.wallS } })),
+      's',
+      Math.max,
+    );
+    let line = `  ${t}: held ${held}/${of}; client CPU during the hold ${(share * 100).toFixed(1)} % of a core`;
+    if (t === 'proxy') {
+      const pre = worst(rs, 'RSS KiB/pre-auth', Math.max);
+      const idle = worst(rs, 'RSS KiB/IDLE', Math.max);
+      const p99 = worst(rs, 'loop p99 ms', Math.max);
+      const T = CONCURRENCY_TARGETS;
+      const mark = (okay: boolean) => (okay ? 'met' : 'NOT MET');
+      line +=
+        `; RSS ${num(pre)} KiB per pre-auth connection (target ≤ ${T.rssPreauthKiB}: ${mark(pre <= T.rssPreauthKiB)}), ` +
+        (Number.isNaN(idle)
+          ? 'RSS per IDLE session not measurable (the IDLE ramp grew V8\'s young generation), '
+          : `${num(idle)} KiB per IDLE session (≤ ${T.rssIdleKiB}: ${mark(idle <= T.rssIdleKiB)}; ±5 KiB or so with 300), `) +
+        `JS heap ${num(worst(rs, 'JS heap KiB/pre-auth', Math.max))} KiB per pre-auth connection and ${num(worst(rs, 'JS heap KiB/IDLE', Math.max))} per IDLE session, ` +
+        `${num(worst(rs, 'RSS KiB/conn, end of hold', Math.max))} KiB per connection at the end of the hold, ` +
+        `loop delay p99 ${num(p99)} ms (< ${T.loopP99Ms}: ${mark(p99 < T.loopP99Ms)}), ` +
+        `scrape of /metrics up to ${num(worst(rs, 'scrape ms, max', Math.max))} ms`;
+      const young = worst(rs, 'young generation MiB, end of hold', Math.max);
+      if (young > 2) {
+        line += `\n  NOTE: V8's young generation was still ${num(young)} MiB at the end of the hold (not shrunk yet): the settled figures include it; hold longer`;
+      }
+    }
+    out.push(line);
+  }
+  return out;
 }
 
 function sh(cmd: string, args: string[]): string {
@@ -423,6 +562,8 @@ async function main(): Promise<number> {
 
   const children: Started[] = [];
   let dovecot: Dovecot | null = null;
+  /** the concurrency workload's own Dovecot while it runs */
+  let dovecot2: Dovecot | null = null;
   const killChildren = () => {
     for (const c of children) {
       try {
@@ -512,17 +653,151 @@ async function main(): Promise<number> {
       if (!/\bLITERAL\+/i.test(capabilities[t] ?? '')) log(`note: ${t} does not advertise LITERAL+ after login; append-nonsync sends {n+} anyway`);
     }
 
+    // --- the concurrency workload's own Dovecot and proxy. Own Dovecot: it needs
+    // Dovecot's high-performance login mode (one imap-login process holding
+    // every pre-auth connection instead of a process each), which would change
+    // login-churn's figures. Own proxy, started afresh for every run: its RSS
+    // baseline is then a warmed-up proxy, not one whose heap the FETCH
+    // workloads have grown.
+    const concTotal = o.concPreauth + o.concIdle;
+    const concDovecotConfig = [
+      'mail_fsync = never',
+      `mail_max_userip_connections = ${Math.max(10000, o.concIdle + 100)}`,
+      // high-performance login mode: a login process serves many clients
+      `service imap-login {\n  service_count = 0\n  client_limit = ${concTotal + 1000}\n  process_limit = 2\n  vsz_limit = 2G\n}`,
+      // one imap process per logged-in session
+      `service imap {\n  process_limit = ${Math.max(1000, o.concIdle + 100)}\n}`,
+      // anvil, auth, stats and log get a connection from every imap process
+      `default_client_limit = ${Math.max(1000, 2 * o.concIdle + 200)}`,
+    ];
+    /** the proxy may hold a client and an upstream socket per connection */
+    const concProxyNofileNeed = 2 * concTotal + 500;
+    let concProxyNofile: { soft: number; hard: number } | null = null;
+    /**
+     * Makes sure `pid` may open `need` files: Node raises its soft limit to the
+     * hard one by itself; above the hard limit only root with CAP_SYS_RESOURCE
+     * can go (not the case in every container: then we warn).
+     */
+    const ensureNofile = (pid: number, need: number, who: string): { soft: number; hard: number } | null => {
+      const have = nofileLimit(pid);
+      if (have && have.soft < need) {
+        const n = Math.max(65536, need);
+        try {
+          execFileSync('prlimit', ['--pid', String(pid), `--nofile=${n}:${n}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+        } catch (err) {
+          const why = err instanceof Error ? ((err as { stderr?: Buffer }).stderr?.toString().trim() ?? err.message) : String(err);
+          log(`  concurrency: WARNING ${who} may open ${have.soft} files and may need ${need}; raising the limit failed (${why})`);
+        }
+      }
+      return nofileLimit(pid);
+    };
+    const concPreauthTimeoutS = Math.max(600, o.concHoldS + 300);
+    let concOwnNofile: { soft: number; hard: number } | null = null;
+    let conc: { dovecot: Dovecot; master: number; proxy: Started | null; metricsPort: number; gcDone: number } | null = null;
+    const startConc = async () => {
+      // The client holds every connection (and Dovecot, started by us, inherits our limit).
+      concOwnNofile = ensureNofile(process.pid, concTotal + 500, 'the load client (and Dovecot)');
+      const d = await startDovecot({ compress: false, extraConfig: `${concDovecotConfig.join('\n')}\n` });
+      dovecot2 = d;
+      const m = findDovecotMaster(`${d.dir}/dovecot.conf`);
+      if (m === null) throw new Error('cannot find the concurrency Dovecot master process');
+      conc = { dovecot: d, master: m, proxy: null, metricsPort: 0, gcDone: 0 };
+    };
+    const stopConcProxy = async () => {
+      if (!conc?.proxy) return;
+      const p = conc.proxy;
+      conc.proxy = null;
+      await p.stop();
+      children.splice(children.indexOf(p), 1);
+    };
+    const freshConcProxy = async () => {
+      if (!conc) throw new Error('concurrency environment not started');
+      await stopConcProxy();
+      const port = await freePort();
+      conc.metricsPort = await freePort();
+      const has = (flag: string) => o.proxyArgs.some((a) => a === flag || a.startsWith(`${flag}=`));
+      // the workload reads this proxy's /metrics: its own listener, always
+      if (has('--metrics-listen')) throw new Error('concurrency sets --metrics-listen itself: leave it out of --proxy-arg');
+      const extra = [
+        '--metrics-listen',
+        `127.0.0.1:${conc.metricsPort}`,
+        // the proxy's own login timeout (60 s by default) would close the pre-auth connections during the hold
+        ...(has('--preauth-timeout') ? [] : ['--preauth-timeout', `${concPreauthTimeoutS}s`]),
+        ...(has('--shutdown-grace') ? [] : ['--shutdown-grace', '1s']),
+        ...(has('--max-connections') || concTotal + 100 <= 10000 ? [] : ['--max-connections', String(concTotal + 100)]),
+      ];
+      const args = [
+        CLI,
+        '--listen',
+        `127.0.0.1:${port}`,
+        '--upstream',
+        `imap://127.0.0.1:${conc.dovecot.port}`,
+        '--jmap-url',
+        'https://jmap.example.test/',
+        '--log-level',
+        'warn',
+        '--no-compress',
+        ...extra,
+        ...o.proxyArgs,
+      ];
+      // --expose-gc and the SIGUSR2 hook: a full GC before each RSS reading (bench/lib/gc-on-signal.ts)
+      const nodeArgs = ['--expose-gc', '--import', GC_HOOK, ...o.proxyNodeArgs];
+      commands['proxy (concurrency)'] = [
+        ...Object.entries(o.proxyEnv).map(([k, v]) => `${k}=${v}`),
+        'node',
+        ...nodeArgs.map((a) => (a === GC_HOOK ? 'build-dev/bench/lib/gc-on-signal.js' : a)),
+        ...args.map((a) => (a === CLI ? 'dist/cli.js' : a)),
+      ];
+      const p = await startServer('proxy (concurrency)', process.execPath, [...nodeArgs, ...args], port, { ...process.env, ...o.proxyEnv });
+      children.push(p);
+      conc.proxy = p;
+      conc.gcDone = 0;
+      p.child.stderr?.on('data', (d: Buffer) => {
+        if (conc) conc.gcDone += d.toString('latin1').split(GC_DONE_MARKER).length - 1;
+      });
+      if (p.child.pid !== undefined) concProxyNofile = ensureNofile(p.child.pid, concProxyNofileNeed, 'the proxy');
+    };
+    /** A fresh Dovecot for every concurrency run, and a fresh proxy in front of it for the proxy's. */
+    const freshConc = async (t: Target) => {
+      await stopConc();
+      await startConc();
+      if (t === 'proxy') await freshConcProxy();
+    };
+    const stopConc = async () => {
+      await stopConcProxy();
+      if (conc) await conc.dovecot.stop();
+      conc = null;
+      dovecot2 = null;
+    };
+    /** live imap (post-login) processes of a Dovecot */
+    const imapProcesses = (master: number) =>
+      descendants(master).filter((pid) => {
+        try {
+          return readFileSync(`/proc/${pid}/comm`, 'latin1').trim() === 'imap';
+        } catch {
+          return false;
+        }
+      }).length;
+
     // --- one run of one workload against one target
     const appendMessage = makeMessage(MiB, 'append', 0);
     let appendSerial = 0;
     const passes = new Map<Workload, number>();
     const runOne = async (w: Workload, t: Target, rep: number, warmup: boolean): Promise<RunRecord> => {
       const times = passes.get(w) ?? 1;
+      // concurrency runs against its own Dovecot, and a proxy started afresh for each run
+      const isConc = w === 'concurrency';
+      if (isConc) await freshConc(t);
+      const cenv = isConc ? conc : null;
+      if (isConc && !cenv) throw new Error('concurrency environment not started');
+      const dMaster = cenv ? cenv.master : master;
+      const port = cenv ? (t === 'proxy' ? (cenv.proxy as Started).port : cenv.dovecot.port) : ports[t];
+      const middle = cenv ? (t === 'proxy' ? ((cenv.proxy as Started).child.pid ?? null) : null) : middlePid[t];
       let wall0 = 0n;
       let wall1 = 0n;
       let cpu0: NodeJS.CpuUsage = { user: 0, system: 0 };
       let cpu1: NodeJS.CpuUsage = { user: 0, system: 0 };
-      const roots = [master, ...(middlePid[t] !== null ? [middlePid[t] as number] : [])];
+      const roots = [dMaster, ...(middle !== null ? [middle] : [])];
       let proc0: Array<{ total: number; sys: number }> = [];
       let proc1: Array<{ total: number; sys: number }> = [];
       let busy0 = 0;
@@ -542,7 +817,7 @@ async function main(): Promise<number> {
         },
       };
       const wallOf = () => Number(wall1 - wall0) / 1e9;
-      const ctx: Ctx = { port: ports[t], win, clients: new Set(), user: USER, password: PASSWORD };
+      const ctx: Ctx = { port, win, clients: new Set(), user: USER, password: PASSWORD };
       const scale = (n: number, min: number) => (warmup ? Math.max(min, Math.ceil(n / 10)) : n);
       const work = (): Promise<Outcome> => {
         switch (w) {
@@ -558,6 +833,53 @@ async function main(): Promise<number> {
             return noops(ctx, scale(o.noopCount, 200), wallOf);
           case 'login-churn':
             return loginChurn(ctx, scale(o.churnCount, 20), o.churnWorkers, wallOf);
+          case 'concurrency': {
+            const metricsPort = cenv?.metricsPort ?? 0;
+            const probe: ConcurrencyProbe = {
+              middleMemory: () => (middle === null ? null : memoryKiB(middle)),
+              collect: async () => {
+                if (middle === null || !cenv) return;
+                const before = cenv.gcDone;
+                process.kill(middle, 'SIGUSR2');
+                const deadline = Date.now() + 10_000;
+                while (cenv.gcDone === before) {
+                  if (Date.now() > deadline) throw new Error('the proxy did not report its garbage collection within 10 s');
+                  await sleep(10);
+                }
+              },
+              middleCpuS: () => (middle === null ? null : (treeCpuSeconds([middle])[0]?.total ?? 0)),
+              dovecotMemory: () => treePssKiB(dMaster),
+              scrape: () => (t === 'proxy' ? scrapeMetrics(metricsPort) : Promise.resolve(null)),
+              drained: async () => {
+                // the proxy's sessions gone, and Dovecot's imap processes (one per logged-in session)
+                const deadline = Date.now() + 20_000;
+                while (Date.now() < deadline) {
+                  const open = t === 'proxy' ? ((await scrapeMetrics(metricsPort)).values.get('jmapaccess_proxy_connections_open') ?? 0) : 0;
+                  if (open === 0 && imapProcesses(dMaster) === 0) return;
+                  await sleep(200);
+                }
+                log(`  concurrency: ${t} still had sessions 20 s after the clients closed`);
+              },
+            };
+            const preauth = warmup ? Math.min(o.concPreauth, Math.max(100, Math.ceil(o.concPreauth / 10))) : o.concPreauth;
+            const idle = warmup ? Math.min(o.concIdle, Math.max(10, Math.ceil(o.concIdle / 10))) : o.concIdle;
+            return concurrency(
+              ctx,
+              {
+                preauth,
+                idle,
+                holdS: warmup ? Math.min(2, o.concHoldS) : o.concHoldS,
+                warmPreauth: warmup ? 0 : Math.min(preauth, Math.max(50, Math.ceil(preauth / 20))),
+                warmIdle: warmup ? 0 : Math.min(idle, Math.max(5, Math.ceil(idle / 20))),
+                connectInFlight: CONC_CONNECT_IN_FLIGHT,
+                loginInFlight: CONC_LOGIN_IN_FLIGHT,
+                checkInFlight: CONC_CHECK_IN_FLIGHT,
+                scrapeEveryS: CONC_SCRAPE_EVERY_S,
+              },
+              probe,
+              wallOf,
+            );
+          }
         }
       };
       const record: RunRecord = {
@@ -575,14 +897,22 @@ async function main(): Promise<number> {
         metrics: {},
       };
       let timer: NodeJS.Timeout | undefined;
+      /** the workload measured, but what it checked failed: keep its CPU figures too */
+      let measured = false;
+      const timeoutMs = isConc ? Math.max(RUN_TIMEOUT_MS, (o.concHoldS + 300) * 1000) : RUN_TIMEOUT_MS;
       try {
         const outcome = await Promise.race([
           work(),
           new Promise<never>((_, reject) => {
-            timer = setTimeout(() => reject(new Error(`timed out after ${RUN_TIMEOUT_MS / 1000} s`)), RUN_TIMEOUT_MS);
+            timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs / 1000} s`)), timeoutMs);
           }),
         ]);
         record.metrics = outcome.metrics;
+        if (outcome.detail !== undefined) record.detail = outcome.detail;
+        if (outcome.failure !== undefined) {
+          record.error = outcome.failure;
+          measured = true;
+        }
         if (outcome.digest !== undefined) record.digest = outcome.digest;
         if (outcome.bytes !== undefined) record.bytes = outcome.bytes;
       } catch (err) {
@@ -591,7 +921,7 @@ async function main(): Promise<number> {
         clearTimeout(timer);
         for (const c of ctx.clients) c.close();
       }
-      if (!record.error) {
+      if (!record.error || measured) {
         record.wallS = wallOf();
         record.clientCpuS = (cpu1.user - cpu0.user + cpu1.system - cpu0.system) / 1e6;
         record.clientSysS = (cpu1.system - cpu0.system) / 1e6;
@@ -622,11 +952,17 @@ async function main(): Promise<number> {
     for (const w of o.workloads) {
       const pinned = w === 'noop-pinned';
       if (pinned) setAffinity(everyPid(), o.pinCpu);
+      const targets = targetsFor(w, o.targets);
+      const reps = repsFor(w, o);
       try {
+        if (w === 'concurrency') {
+          if (o.targets.includes('relay')) log('concurrency: the relay is left out (socat forks a process per connection)');
+          log('concurrency: every run gets a fresh Dovecot (high-performance login mode) and, for the proxy, a fresh proxy');
+        }
         await quiet.wait();
         log(`${label(w, o, passes)}: warm-up`);
         let fastest = Infinity;
-        for (const t of o.targets) {
+        for (const t of targets) {
           const r = await runOne(w, t, 0, true);
           if (r.error) throw new Error(`warm-up of ${w} against ${t} failed: ${r.error}`);
           fastest = Math.min(fastest, r.wallS);
@@ -635,7 +971,7 @@ async function main(): Promise<number> {
           passes.set(w, Math.max(1, Math.ceil(o.minTimeS / fastest)));
           log(`  ${label(w, o, passes)}: the unit took ${(fastest * 1000).toFixed(0)} ms at best, so each run repeats it ${passes.get(w)} times`);
         }
-        for (let rep = 1; rep <= o.reps; rep++) {
+        for (let rep = 1; rep <= reps; rep++) {
           // A repetition is the pair (triple) of runs the ratios come from: if
           // anything else used the CPU during one of them, all of them are
           // run again, so every ratio compares runs made under the same load.
@@ -643,11 +979,13 @@ async function main(): Promise<number> {
             await quiet.wait();
             const line: string[] = [];
             const set: RunRecord[] = [];
-            for (const t of o.targets) {
+            for (const t of targets) {
               const r = await runOne(w, t, rep, false);
               set.push(r);
               const m = PRIMARY[w][0]?.metric ?? '';
-              line.push(r.error ? `${t} ERROR ${r.error}` : `${t} ${num(r.metrics[m] ?? NaN)} ${m}`);
+              if (r.error) line.push(`${t} ERROR ${r.error}`);
+              else if (w === 'concurrency') line.push(`${t} ${concurrencyLine(r.metrics)}`);
+              else line.push(`${t} ${num(r.metrics[m] ?? NaN)} ${m}`);
             }
             const disturbed = set.filter((r) => !r.error && isDisturbed(r));
             const last = !o.quietGuard || disturbed.length === 0 || attempt > MAX_RETRIES;
@@ -657,12 +995,13 @@ async function main(): Promise<number> {
               runs.push(r);
             }
             const note = disturbed.length === 0 ? '' : ` — other load during ${disturbed.map((r) => r.target).join(', ')}`;
-            log(`  rep ${rep}/${o.reps}${attempt > 1 ? ` (attempt ${attempt})` : ''}: ${line.join(', ')}${note}${last ? '' : ', running it again'}`);
+            log(`  rep ${rep}/${reps}${attempt > 1 ? ` (attempt ${attempt})` : ''}: ${line.join(', ')}${note}${last ? '' : ', running it again'}`);
             if (last) break;
           }
         }
       } finally {
         if (pinned && originalAffinity) setAffinity(everyPid(), originalAffinity);
+        if (w === 'concurrency') await stopConc();
       }
     }
 
@@ -677,13 +1016,14 @@ async function main(): Promise<number> {
     const errors = runs.filter((r) => r.error).length;
 
     // --- summary
-    const ok = (r: RunRecord) => !r.error && !r.discarded;
+    // (a concurrency run whose check failed still measured: its figures are shown, and it counts as failed)
+    const ok = (r: RunRecord) => !r.discarded && (!r.error || r.wallS > 0);
     const discarded = runs.filter((r) => r.discarded).length;
     const disturbedKept = runs.filter((r) => r.disturbed && !r.discarded).length;
     const summary: Array<Record<string, unknown>> = [];
     const rows: string[][] = [];
     for (const w of o.workloads) {
-      for (const { metric, better } of PRIMARY[w]) {
+      for (const { metric, better, ratio } of PRIMARY[w]) {
         const per: Record<string, Spread | null> = {};
         for (const t of o.targets) {
           per[t] = spread(runs.filter((r) => r.workload === w && r.target === t && ok(r)).map((r) => r.metrics[metric] ?? NaN));
@@ -692,7 +1032,7 @@ async function main(): Promise<number> {
         for (const t of o.targets) {
           if (t === 'direct') continue;
           const pairs: number[] = [];
-          for (let rep = 1; rep <= o.reps; rep++) {
+          for (let rep = 1; rep <= repsFor(w, o) && ratio !== false; rep++) {
             const d = runs.find((r) => r.workload === w && r.target === 'direct' && r.rep === rep && ok(r));
             const x = runs.find((r) => r.workload === w && r.target === t && r.rep === rep && ok(r));
             const dv = d?.metrics[metric];
@@ -804,6 +1144,28 @@ async function main(): Promise<number> {
         dovecotExtraConfig: ['mail_fsync = never', 'mail_max_userip_connections = 10000'],
         commands,
         capabilitiesAfterLogin: capabilities,
+        ...(o.workloads.includes('concurrency')
+          ? {
+              concurrency: {
+                preauth: o.concPreauth,
+                idle: o.concIdle,
+                holdS: o.concHoldS,
+                reps: o.concReps,
+                targets: targetsFor('concurrency', o.targets),
+                dovecotExtraConfig: concDovecotConfig,
+                proxyNofile: concProxyNofile,
+                clientNofile: concOwnNofile,
+                proxyPreauthTimeoutS: concPreauthTimeoutS,
+                connectInFlight: CONC_CONNECT_IN_FLIGHT,
+                loginInFlight: CONC_LOGIN_IN_FLIGHT,
+                checkInFlight: CONC_CHECK_IN_FLIGHT,
+                scrapeEveryS: CONC_SCRAPE_EVERY_S,
+                loopDelay:
+                  'prom-client monitorEventLoopDelay histogram (resolution 10 ms; each sample is a full timer interval, so an idle loop reads ~10.1 ms), reset by every scrape; "loop p99 ms" is the largest p99 of the scrape windows of the hold',
+                goals: CONCURRENCY_TARGETS,
+              },
+            }
+          : {}),
       },
       backgroundLoadCores: Math.round(backgroundCores * 100) / 100,
       quietGuard: { enabled: o.quietGuard, waitedS: Math.round(quiet.waitedS), gaveUp: quiet.gaveUp, discardedRuns: discarded, disturbedKeptRuns: disturbedKept },
@@ -823,7 +1185,7 @@ async function main(): Promise<number> {
     const say = (s = '') => process.stdout.write(`${s}\n`);
     say();
     say(
-      `jmapaccess-proxy benchmark, ${out.mode} run, ${o.reps} repetitions, ${started.toISOString()} — ` +
+      `jmapaccess-proxy benchmark, ${out.mode} run, ${o.workloads.every((w) => w === 'concurrency') ? o.concReps : o.reps} repetitions, ${started.toISOString()} — ` +
         `${machine.cpus} × ${machine.cpuModel}, ${machine.kernel}, Node ${machine.node}, Dovecot ${machine.dovecot.split(' ')[0]}, ` +
         `commit ${machine.gitCommit}${machine.srcDirty ? ' (src/ modified)' : ''}`,
     );
@@ -838,7 +1200,9 @@ async function main(): Promise<number> {
     say(cpuTable);
     say();
     const fetchRuns = runs.filter((r) => r.digest !== undefined);
-    if (o.digest === 'none') say('FETCH digests: off (--digest none); only response and byte counts were checked');
+    if (fetchRuns.length === 0) {
+      /* no FETCH workload ran */
+    } else if (o.digest === 'none') say('FETCH digests: off (--digest none); only response and byte counts were checked');
     else
       say(
         digestFailures === 0
@@ -858,7 +1222,10 @@ async function main(): Promise<number> {
           'compare ratios, not absolute figures, or run again on a quiet machine',
       );
     }
-    if (proxyPeakRssKiB !== null) say(`proxy peak RSS: ${(proxyPeakRssKiB / 1024).toFixed(1)} MiB`);
+    if (o.workloads.includes('concurrency')) for (const l of concurrencyVerdict(runs.filter((r) => r.workload === 'concurrency' && ok(r)), o)) say(l);
+    if (proxyPeakRssKiB !== null && o.workloads.some((w) => w !== 'concurrency')) {
+      say(`proxy peak RSS${o.workloads.includes('concurrency') ? ' (the proxy of the other workloads; concurrency has its own)' : ''}: ${(proxyPeakRssKiB / 1024).toFixed(1)} MiB`);
+    }
     if (errors > 0) {
       say(`${errors} runs FAILED:`);
       for (const r of runs.filter((x) => x.error)) say(`  ${r.workload} rep ${r.rep} ${r.target}: ${r.error}`);
@@ -868,6 +1235,7 @@ async function main(): Promise<number> {
     return digestFailures === 0 && errors === 0 ? 0 : 1;
   } finally {
     for (const c of children.reverse()) await c.stop();
+    if (dovecot2) await dovecot2.stop();
     if (dovecot) await dovecot.stop();
   }
 }

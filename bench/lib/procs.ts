@@ -234,3 +234,54 @@ export function setAffinity(pids: number[], cpus: string): void {
     }
   }
 }
+
+// ---------------------------------------------------------------------------
+// memory
+
+/** VmRSS and VmHWM (peak RSS) of a process from /proc/<pid>/status, in KiB; null if it is gone. */
+export function memoryKiB(pid: number): { rss: number; hwm: number } | null {
+  let s: string;
+  try {
+    s = readFileSync(`/proc/${pid}/status`, 'latin1');
+  } catch {
+    return null;
+  }
+  const rss = /VmRSS:\s+(\d+)/.exec(s);
+  const hwm = /VmHWM:\s+(\d+)/.exec(s);
+  return rss && hwm ? { rss: Number(rss[1]), hwm: Number(hwm[1]) } : null;
+}
+
+/**
+ * Memory of a process tree (the root and every live descendant), in KiB:
+ * the sum of Pss (/proc/<pid>/smaps_rollup: each shared page divided among
+ * the processes that map it, so shared libraries are not counted once per
+ * process as summed RSS would) and the number of processes.
+ */
+export function treePssKiB(root: number): { pss: number; processes: number } {
+  let pss = 0;
+  let processes = 0;
+  for (const pid of descendants(root)) {
+    try {
+      const m = /^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'latin1'));
+      if (m) {
+        pss += Number(m[1]);
+        processes++;
+      }
+    } catch {
+      /* gone */
+    }
+  }
+  return { pss, processes };
+}
+
+/** Soft and hard RLIMIT_NOFILE of a process (/proc/<pid>/limits), or null. */
+export function nofileLimit(pid: number): { soft: number; hard: number } | null {
+  try {
+    const m = /^Max open files\s+(\d+|unlimited)\s+(\d+|unlimited)/m.exec(readFileSync(`/proc/${pid}/limits`, 'latin1'));
+    if (!m) return null;
+    const n = (x: string | undefined) => (x === 'unlimited' ? Infinity : Number(x));
+    return { soft: n(m[1]), hard: n(m[2]) };
+  } catch {
+    return null;
+  }
+}

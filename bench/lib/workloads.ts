@@ -28,6 +28,10 @@ export interface Outcome {
   /** sha256 of all literal bytes received (FETCH), to compare between targets */
   digest?: string;
   bytes?: number;
+  /** anything worth keeping in the JSON beyond the numbers (time series, raw readings) */
+  detail?: Record<string, unknown>;
+  /** the workload finished and measured, but what it checked failed (the run counts as failed, its metrics are kept) */
+  failure?: string;
 }
 
 async function open(ctx: Ctx): Promise<ImapClient> {
