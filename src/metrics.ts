@@ -35,6 +35,13 @@ export class Metrics {
   constructor(bytes: () => ByteTotals) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'jmapaccess_proxy_' });
+    // These walk every handle at each scrape (process._getActiveHandles()
+    // and friends): with 8,000 connections a scrape took 50-110 ms of the
+    // event loop (bench/README.md). connections_open says what they would.
+    for (const kind of ['resources', 'handles', 'requests']) {
+      this.registry.removeSingleMetric(`jmapaccess_proxy_nodejs_active_${kind}`);
+      this.registry.removeSingleMetric(`jmapaccess_proxy_nodejs_active_${kind}_total`);
+    }
     this.connectionsOpen = new Gauge({ name: 'jmapaccess_proxy_connections_open', help: 'Client connections open now', registers });
     this.connectionsTotal = new Counter({
       name: 'jmapaccess_proxy_connections_total',
