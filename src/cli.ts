@@ -8,6 +8,7 @@ import cluster from 'node:cluster';
 import { readFileSync } from 'node:fs';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
+import { raiseMallocTrimThreshold } from './malloc-tuning.js';
 import {
   ConfigError,
   DEFAULT_MAX_LINE_LENGTH,
@@ -242,6 +243,7 @@ export function parseArgs(argv: string[]): Config & { check: boolean } {
 
 async function main(): Promise<void> {
   const config = parseArgs(hideBin(process.argv));
+  raiseMallocTrimThreshold();
   if (config.check) {
     const report = await checkUpstream(config);
     process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
