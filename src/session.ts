@@ -736,7 +736,8 @@ export class Session {
     // LOGIN with a literal (the user, or the password): read the whole
     // command once it is complete. Without one, the line has it all.
     const capture: Buffer[] | null = entry.kind === 'login' && literal ? [] : null;
-    if (entry.kind === 'login' && !literal) {
+    if (entry.kind === 'login' && !literal && this.jmapPolicy.verify) {
+      // The password is read only to ask the JMAP server about it.
       const credentials = loginCredentials(line);
       if (credentials) this.startVerification(entry, { kind: 'password', user: credentials.user, secret: credentials.password });
     }
