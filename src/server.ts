@@ -12,7 +12,7 @@ import { GreetingCache } from './greeting.js';
 import type { JmapPolicy } from './jmapaccess.js';
 import { jmapPolicyFor } from './jmap-policy.js';
 import { CertificateStore, TLS_HANDSHAKE_TIMEOUT_MS } from './tls.js';
-import { Metrics, type Readiness } from './metrics.js';
+import { Metrics, probeUpstream, type Readiness } from './metrics.js';
 import { parseProxyHeader, type Endpoints } from './proxy-protocol.js';
 
 /** How long a trusted load balancer has to send its PROXY header. */
@@ -160,17 +160,7 @@ export class ProxyServer {
   /** For /readyz: not draining, and the upstream accepts a TCP connection. */
   async readiness(): Promise<Readiness> {
     if (this.draining) return { ready: false, reason: 'draining' };
-    const { host, port } = this.config.upstream;
-    return new Promise((resolve) => {
-      const socket = net.connect({ host, port });
-      const done = (readiness: Readiness) => {
-        socket.destroy();
-        resolve(readiness);
-      };
-      socket.setTimeout(2000, () => done({ ready: false, reason: `upstream ${host}:${port}: no answer within 2 s` }));
-      socket.once('connect', () => done({ ready: true, reason: 'ready' }));
-      socket.once('error', (err) => done({ ready: false, reason: `upstream ${host}:${port}: ${err.message}` }));
-    });
+    return probeUpstream(this.config.upstream);
   }
 
   /**

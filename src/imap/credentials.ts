@@ -6,6 +6,7 @@
  */
 
 import { parseCommandHead } from './command.js';
+import { decodeBase64 } from './sasl.js';
 
 /** What a JMAP server can be asked with: HTTP Basic or a bearer token. */
 export type LoginSecret =
@@ -70,13 +71,6 @@ export function loginCredentials(command: Buffer): { user: string; password: str
   const password = readArgument(command, user.next + 1);
   if (!password) return null;
   return { user: user.value.toString('utf8'), password: password.value.toString('utf8') };
-}
-
-function decodeBase64(text: string): Buffer | null {
-  const trimmed = text.trim();
-  if (trimmed === '' || trimmed === '=' || trimmed === '*') return null;
-  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(trimmed)) return null;
-  return Buffer.from(trimmed, 'base64');
 }
 
 /** `auth=Bearer TOKEN` among 0x01-separated fields (OAUTHBEARER, XOAUTH2). */

@@ -4,7 +4,8 @@
  * read past, never copied out, and never returned.
  */
 
-function decodeBase64(text: string): Buffer | null {
+/** A SASL response's bytes; null for an empty (`=`), cancelled (`*`) or malformed one. */
+export function decodeBase64(text: string): Buffer | null {
   const trimmed = text.trim();
   if (trimmed === '' || trimmed === '=' || trimmed === '*') return null;
   if (!/^[A-Za-z0-9+/]+={0,2}$/.test(trimmed)) return null;
