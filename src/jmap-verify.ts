@@ -32,12 +32,10 @@ import https from 'node:https';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import type { Counter, Histogram } from 'prom-client';
+import type { LoginSecret } from './imap/credentials.js';
 
-export type Credential =
-  /** HTTP Basic `user:secret`; user is the SASL authentication identity (or the LOGIN user). */
-  | { readonly kind: 'password'; readonly user: string; readonly secret: string }
-  /** `Authorization: Bearer secret` (OAUTHBEARER, XOAUTH2). */
-  | { readonly kind: 'bearer'; readonly secret: string };
+/** What the JMAP server is asked with: HTTP Basic or a bearer token (read by imap/credentials.ts). */
+export type Credential = LoginSecret;
 
 export type VerifyReason =
   | 'unauthorized'

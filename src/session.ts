@@ -234,7 +234,7 @@ export class Session {
       {
         line: (line, literal, first) => this.onClientLine(line, literal, first),
         literal: (chunk) => this.onClientLiteral(chunk),
-        literalEnd: () => this.onClientLiteralEnd(),
+        literalEnd: () => {},
         error: (kind) => this.onClientFramingError(kind),
       },
       clientLiteralRule,
@@ -687,8 +687,6 @@ export class Session {
     this.toUpstream.push(chunk);
   }
 
-  private onClientLiteralEnd(): void {}
-
   /** Keeps a copy of LOGIN's bytes, bounded: a longer LOGIN is forwarded but not read. */
   private captureLogin(current: CurrentCommand, bytes: Buffer): void {
     const capture = current.capture as Buffer[];
@@ -789,11 +787,12 @@ export class Session {
   private forwardSaslResponse(line: Buffer): void {
     this.saslChallenges--;
     const entry = this.authenticating;
-    if (entry && this.saslResponses === 0 && entry.user === undefined && entry.mechanism) {
+    if (entry?.mechanism) {
+      const response = line.toString('latin1');
       // The first response carries the identity (PLAIN, LOGIN, OAUTHBEARER, XOAUTH2).
-      entry.user = saslIdentity(entry.mechanism, line.toString('latin1'));
+      if (this.saslResponses === 0 && entry.user === undefined) entry.user = saslIdentity(entry.mechanism, response);
+      this.readSaslSecret(entry, response);
     }
-    if (entry) this.readSaslSecret(entry, line.toString('latin1'));
     this.saslResponses++;
     this.toUpstream.push(line);
   }
