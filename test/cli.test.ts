@@ -4,7 +4,6 @@
  * SERVER in test/harness/scripted-upstream.ts.
  */
 
-import { ensureBuilt } from './harness/build.js';
 import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -12,22 +11,14 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { fileURLToPath } from 'node:url';
 import { makeTestCa } from './harness/pki.js';
 import { RawClient } from './harness/raw-client.js';
+import { CLI, ROOT, ensureBuilt } from './harness/build.js';
+import { cleanEnv, logLines, startCli } from './harness/cli-process.js';
 import { startScriptedUpstream } from './harness/scripted-upstream.js';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 const JMAP = 'https://jmap.example.test/.well-known/jmap';
 const PKG = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
-
-/** A clean environment: no JMAPACCESS_PROXY_* from the caller, no test-runner loaders. */
-function env(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const base: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
-  if (process.env.HOME) base.HOME = process.env.HOME;
-  return { ...base, ...extra };
-}
 
 interface Result {
   code: number | null;
@@ -39,7 +30,7 @@ interface Result {
 /** Runs the CLI to completion (it must exit by itself within `timeoutMs`). */
 function run(args: string[], extraEnv: Record<string, string> = {}, timeoutMs = 10_000): Promise<Result> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, env: env(extraEnv), stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, env: cleanEnv(extraEnv), stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
@@ -66,13 +57,6 @@ async function freePort(): Promise<number> {
 }
 
 /** Parsed JSON log lines. */
-function logLines(stdout: string): Array<Record<string, unknown>> {
-  return stdout
-    .split('\n')
-    .filter((l) => l.trim() !== '')
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
-}
-
 t.before(() => ensureBuilt());
 
 const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
@@ -231,7 +215,7 @@ t.test('environment fallbacks, a real connection, and SIGTERM', async (t) => {
   let child: ChildProcess | null = spawn(process.execPath, [CLI], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: env({
+    env: cleanEnv({
       JMAPACCESS_PROXY_UPSTREAM: `imap://127.0.0.1:${upstream.port}`,
       JMAPACCESS_PROXY_JMAP_URL: JMAP,
       JMAPACCESS_PROXY_LISTEN: `127.0.0.1:${port}`,
@@ -255,7 +239,7 @@ t.test('environment fallbacks, a real connection, and SIGTERM', async (t) => {
   const listening = new Promise<Record<string, unknown>>((resolve, reject) => {
     child?.stdout?.on('data', (c: Buffer) => {
       stdout += c.toString('utf8');
-      const line = logLines(stdout.slice(0, stdout.lastIndexOf('\n') + 1)).find((l) => l.msg === 'listening');
+      const line = logLines(stdout).find((l) => l.msg === 'listening');
       if (line) resolve(line);
     });
     child?.stderr?.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
@@ -296,32 +280,6 @@ t.test('environment fallbacks, a real connection, and SIGTERM', async (t) => {
   const logs = logLines(stdout);
   t.ok(logs.some((l) => String(l.msg).startsWith('stopping') && l.signal === 'SIGTERM' && l.graceSeconds === 1), 'stopping is logged');
 });
-
-/** A running CLI whose JSON log lines are collected. */
-function startCli(t: Test, args: string[], extraEnv: Record<string, string> = {}) {
-  const child = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, env: env(extraEnv), stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
-  const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
-  t.teardown(async () => {
-    child.kill('SIGKILL');
-    await exited;
-  });
-  const logs = () => logLines(stdout.slice(0, stdout.lastIndexOf('\n') + 1));
-  /** Waits for the `count`-th line matching `match`, and returns it. */
-  const waitLog = async (match: (l: Record<string, unknown>) => boolean, what: string, count = 1): Promise<Record<string, unknown>> => {
-    const deadline = Date.now() + 10_000;
-    for (;;) {
-      const found = logs().filter(match);
-      if (found.length >= count) return found[count - 1] as Record<string, unknown>;
-      if (Date.now() > deadline || child.exitCode !== null) throw new Error(`no ${what}; stdout ${stdout} stderr ${stderr}`);
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-  };
-  return { child, logs, waitLog, stderr: () => stderr };
-}
 
 function tempDir(t: Test): string {
   const dir = mkdtempSync(path.join(tmpdir(), 'cli-jmap-'));

@@ -19,6 +19,7 @@ import {
   countAtom,
   getJmapAccessAnswer,
   imapflowFor,
+  imapflowGetJmapAccess,
   lines,
   makeMessage,
   proxyFor,
@@ -27,15 +28,6 @@ import {
   statusLine,
   upstreamFor,
 } from './helpers.js';
-
-/** imapflow's exec() is internal API; this is the part of it the tests use. */
-interface ExecCapable {
-  exec(
-    command: string,
-    attributes: unknown,
-    options?: { untagged?: Record<string, (untagged: { attributes?: Array<{ value?: unknown }> }) => Promise<void> | void> },
-  ): Promise<{ response: { command: string; attributes?: Array<{ value?: unknown }> }; next: () => void }>;
-}
 
 /** The one capability list of a line (an untagged CAPABILITY or a [CAPABILITY] code), or []. */
 const listOf = (line: string | undefined): string[] => capabilityLists(`${line ?? ''}\r\n`)[0] ?? [];
@@ -84,16 +76,8 @@ for (const kind of UPSTREAMS) {
       );
       t.ok(client.capabilities.has('IDLE'), 'the post-login list');
 
-      const urls: unknown[] = [];
-      const { response, next } = await (client as unknown as ExecCapable).exec('GETJMAPACCESS', false, {
-        untagged: {
-          JMAPACCESS: (untagged) => {
-            urls.push(untagged.attributes?.[0]?.value);
-          },
-        },
-      });
-      next();
-      t.equal(response.command, 'OK', 'tagged OK');
+      const { status, urls } = await imapflowGetJmapAccess(client);
+      t.equal(status, 'OK', 'tagged OK');
       t.same(urls, [JMAP_URL], 'one * JMAPACCESS with the configured URL');
 
       // The session is still in step afterwards.
@@ -106,16 +90,7 @@ for (const kind of UPSTREAMS) {
       const proxy = await proxyFor(t, upstream.port);
       const client = await imapflowFor(t, proxy.port, 'alice', 'alicepw');
       t.equal(client.capabilities.has('JMAPACCESS'), grantedUnderRequire, 'JMAPACCESS iff the server has OBJECTID');
-      const urls: unknown[] = [];
-      const status = await (client as unknown as ExecCapable)
-        .exec('GETJMAPACCESS', false, { untagged: { JMAPACCESS: (u) => void urls.push(u.attributes?.[0]?.value) } })
-        .then(
-          ({ response, next }) => {
-            next();
-            return response.command;
-          },
-          (err: unknown) => (err as { responseStatus?: string }).responseStatus,
-        );
+      const { status, urls } = await imapflowGetJmapAccess(client);
       t.equal(status, grantedUnderRequire ? 'OK' : 'BAD', 'GETJMAPACCESS status');
       t.same(urls, grantedUnderRequire ? [JMAP_URL] : [], 'the URL only when granted');
       t.ok(await client.noop().then(() => true), 'the connection is still usable');

@@ -10,13 +10,13 @@
 
 import { randomBytes } from 'node:crypto';
 import t, { type Test } from 'tap';
-import type { ImapFlow } from 'imapflow';
 import { ensureCyrusInstalled, startCyrus, type Cyrus } from '../harness/cyrus.js';
 import {
   RawClient,
   capabilityLists,
   countAtom,
   imapflowFor,
+  imapflowGetJmapAccess,
   lines,
   proxyFor,
   rawClient,
@@ -77,28 +77,6 @@ async function assertNothingBeforeLogin(t: Test, client: RawClient, greeting: st
 async function assertGetJmapAccess(t: Test, client: RawClient, tag: string): Promise<void> {
   client.send(`${tag} GETJMAPACCESS\r\n`);
   t.equal(await client.response(tag), `${JMAPACCESS_LINE}${tag} OK GETJMAPACCESS completed\r\n`, 'GETJMAPACCESS: the Cyrus session URL');
-}
-
-/** imapflow's exec() is internal API; this is the part of it the tests use. */
-interface ExecCapable {
-  exec(
-    command: string,
-    attributes: unknown,
-    options?: { untagged?: Record<string, (untagged: { attributes?: Array<{ value?: unknown }> }) => Promise<void> | void> },
-  ): Promise<{ response: { command: string }; next: () => void }>;
-}
-
-async function imapflowGetJmapAccess(client: ImapFlow): Promise<{ status: string; urls: unknown[] }> {
-  const urls: unknown[] = [];
-  const { response, next } = await (client as unknown as ExecCapable).exec('GETJMAPACCESS', false, {
-    untagged: {
-      JMAPACCESS: (untagged) => {
-        urls.push(untagged.attributes?.[0]?.value);
-      },
-    },
-  });
-  next();
-  return { status: response.command, urls };
 }
 
 // ---------------------------------------------------------------- JMAP

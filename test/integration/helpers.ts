@@ -154,6 +154,38 @@ export function getJmapAccessAnswer(tag: string, granted: boolean): string {
     : `${tag} BAD JMAP access is not available on this server\r\n`;
 }
 
+/** imapflow's exec() is internal API; this is the part of it the tests use. */
+interface ExecCapable {
+  exec(
+    command: string,
+    attributes: unknown,
+    options?: { untagged?: Record<string, (untagged: { attributes?: Array<{ value?: unknown }> }) => Promise<void> | void> },
+  ): Promise<{ response: { command: string }; next: () => void }>;
+}
+
+/**
+ * GETJMAPACCESS through imapflow: the tagged status and every URL of the
+ * `* JMAPACCESS` responses. imapflow rejects on NO/BAD; the status is then
+ * taken from the rejection.
+ */
+export async function imapflowGetJmapAccess(client: ImapFlow): Promise<{ status: string; urls: unknown[] }> {
+  const urls: unknown[] = [];
+  try {
+    const { response, next } = await (client as unknown as ExecCapable).exec('GETJMAPACCESS', false, {
+      untagged: {
+        JMAPACCESS: (untagged) => {
+          urls.push(untagged.attributes?.[0]?.value);
+        },
+      },
+    });
+    next();
+    return { status: response.command, urls };
+  } catch (err) {
+    const failed = err as { responseStatus?: string; response?: { command?: string }; message?: string };
+    return { status: failed.responseStatus ?? failed.response?.command ?? `error: ${failed.message}`, urls };
+  }
+}
+
 /** A status response line (`tag OK|NO|BAD|PREAUTH|BYE [code] text`, tag `*` for untagged) taken apart, or null. */
 export function statusLine(line: string | undefined): { tag: string; status: string; code: string | null; text: string } | null {
   const m = /^(\S+) (OK|NO|BAD|PREAUTH|BYE)(?: \[([^\]]*)\])?(?: (.*))?$/i.exec(line ?? '');

@@ -13,12 +13,13 @@
  * the URL policy is the only thing deciding.
  */
 
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { CLI, ROOT, ensureBuilt } from '../harness/build.js';
+import { ensureBuilt } from '../harness/build.js';
+import { startCli } from '../harness/cli-process.js';
 import { isRoot } from '../harness/util.js';
 import { dovecotFor, proxyFor, rawClient, waitFor, type ProxyOptions } from './helpers.js';
 import type { RawClient } from './helpers.js';
@@ -186,30 +187,10 @@ t.test('the real CLI: SIGHUP reloads the map; the next login gets the new URL, a
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const map = path.join(dir, 'map.txt');
   writeFileSync(map, 'example.com https://old.example.com/jmap/{localpart}\n* https://fallback.example.test/jmap\n');
-  const env: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
-  const child = spawn(
-    process.execPath,
-    [CLI, '--listen', '127.0.0.1:0', '--upstream', `imap://127.0.0.1:${dovecot.port}`, '--jmap-url-map', map, '--objectid', 'assume', '--no-compress'],
-    { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
-  const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
-  t.teardown(async () => {
-    child.kill('SIGTERM');
-    await exited;
-  });
-  const logs = () =>
-    stdout
-      .slice(0, stdout.lastIndexOf('\n') + 1)
-      .split('\n')
-      .filter((l) => l.trim() !== '')
-      .map((l) => JSON.parse(l) as Record<string, unknown>);
-  await waitFor(() => logs().some((l) => l.msg === 'listening') || child.exitCode !== null, 'the CLI to listen', 15_000);
-  const listening = logs().find((l) => l.msg === 'listening');
-  t.ok(listening, `listening (stderr: ${stderr})`);
+  const cli = startCli(t, ['--listen', '127.0.0.1:0', '--upstream', `imap://127.0.0.1:${dovecot.port}`, '--jmap-url-map', map, '--objectid', 'assume', '--no-compress']);
+  const { child, logs } = cli;
+  const listening = await cli.waitLog((l) => l.msg === 'listening', 'the CLI to listen', 1, 15_000).catch(() => undefined);
+  t.ok(listening, `listening (stderr: ${cli.stderr()})`);
   const port = Number(String(listening?.listen).split(':').pop());
 
   const before = await login(t, port, 'alice@example.com', USERS['alice@example.com'] as string);

@@ -16,10 +16,19 @@
 import { spawnSync } from 'node:child_process';
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import t, { type Test } from 'tap';
-import type { ImapFlow } from 'imapflow';
 import { ensureCyrusInstalled, startCyrus, type Cyrus } from '../harness/cyrus.js';
 import { isRoot } from '../harness/util.js';
-import { capabilityLists, countAtom, imapflowFor, lines, proxyFor, rawClient, type ProxyOptions, type RunningProxy } from './helpers.js';
+import {
+  capabilityLists,
+  countAtom,
+  imapflowFor,
+  imapflowGetJmapAccess,
+  lines,
+  proxyFor,
+  rawClient,
+  type ProxyOptions,
+  type RunningProxy,
+} from './helpers.js';
 import {
   DECISIONS_METRIC,
   NOT_FOR_THIS_ACCOUNT,
@@ -215,30 +224,3 @@ t.test('JMAP access broken: logged in over IMAP, no JMAPACCESS anywhere, GETJMAP
   });
 });
 
-/** imapflow's exec() is internal API; this is the part of it the tests use. */
-interface ExecCapable {
-  exec(
-    command: string,
-    attributes: unknown,
-    options?: { untagged?: Record<string, (untagged: { attributes?: Array<{ value?: unknown }> }) => Promise<void> | void> },
-  ): Promise<{ response: { command: string }; next: () => void }>;
-}
-
-async function imapflowGetJmapAccess(client: ImapFlow): Promise<{ status: string; urls: unknown[] }> {
-  const urls: unknown[] = [];
-  try {
-    const { response, next } = await (client as unknown as ExecCapable).exec('GETJMAPACCESS', false, {
-      untagged: {
-        JMAPACCESS: (untagged) => {
-          urls.push(untagged.attributes?.[0]?.value);
-        },
-      },
-    });
-    next();
-    return { status: response.command, urls };
-  } catch (err) {
-    // imapflow rejects on NO/BAD with the response attached.
-    const status = (err as { response?: { command?: string } }).response?.command ?? `error: ${(err as Error).message}`;
-    return { status, urls };
-  }
-}

@@ -13,6 +13,7 @@
  */
 
 import { ensureBuilt } from '../harness/build.js';
+import { startCli as startCliProcess } from '../harness/cli-process.js';
 import t, { type Test } from 'tap';
 import tls from 'node:tls';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -20,7 +21,6 @@ import { X509Certificate } from 'node:crypto';
 import { copyFileSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { ImapFlow } from 'imapflow';
 import { makeTestCa, type IssuedCertificate, type TestCa } from '../harness/pki.js';
 import {
@@ -43,8 +43,6 @@ import {
   type RawClient,
 } from './helpers.js';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const CLI = path.join(ROOT, 'dist', 'cli.js');
 const MB = 1024 * 1024;
 
 /** What imaplib_client.py adds to its JSON with --tls / --starttls. */
@@ -341,36 +339,8 @@ interface CliProcess {
 }
 
 async function startCli(t: Test, args: string[]): Promise<CliProcess> {
-  const child = spawn(process.execPath, [CLI, ...args], {
-    cwd: ROOT,
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout?.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
-  t.teardown(async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    child.kill('SIGTERM');
-    const done = await Promise.race([exited.then(() => true), sleep(5000).then(() => false)]);
-    if (!done) child.kill('SIGKILL');
-  });
-  const logs = () =>
-    stdout
-      .slice(0, stdout.lastIndexOf('\n') + 1)
-      .split('\n')
-      .filter((l) => l.trim() !== '')
-      .map((l) => JSON.parse(l) as Record<string, unknown>);
-  await waitFor(
-    () => {
-      if (child.exitCode !== null) throw new Error(`CLI exited ${child.exitCode}: ${stdout} ${stderr}`);
-      return logs().some((l) => l.msg === 'listening');
-    },
-    'the CLI to listen',
-    10_000,
-  );
+  const { child, logs, waitLog } = startCliProcess(t, args);
+  await waitLog((l) => l.msg === 'listening', 'the CLI to listen');
   const listening = logs().find((l) => l.msg === 'listening') as { listen: string; listenTls: string };
   const port = (hostPort: string) => Number(hostPort.slice(hostPort.lastIndexOf(':') + 1));
   return { child, plainPort: port(listening.listen), tlsPort: port(listening.listenTls), logs };

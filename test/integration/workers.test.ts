@@ -8,6 +8,7 @@
  */
 
 import { ensureBuilt, CLI, ROOT } from '../harness/build.js';
+import { cleanEnv, logLines } from '../harness/cli-process.js';
 import t, { type Test } from 'tap';
 import net from 'node:net';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -38,10 +39,6 @@ t.before(async () => {
   dovecot = await dovecotFor(t);
 });
 
-function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  return { PATH: process.env.PATH ?? '/usr/bin:/bin', ...extra };
-}
-
 /** The CLI with --workers 2 (unless `args` says otherwise), started and waited for until every worker listens. */
 async function startCluster(
   t: Test,
@@ -71,12 +68,7 @@ async function startCluster(
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('close', (code, signal) => resolve({ code, signal })),
   );
-  const logs = () =>
-    stdout
-      .slice(0, stdout.lastIndexOf('\n') + 1)
-      .split('\n')
-      .filter((l) => l.trim() !== '')
-      .map((l) => JSON.parse(l) as LogLine);
+  const logs = (): LogLine[] => logLines(stdout);
   t.teardown(async () => {
     if (child.exitCode !== null || child.signalCode !== null) return;
     child.kill('SIGKILL'); // the workers exit when their primary goes away
