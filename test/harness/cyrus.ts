@@ -559,6 +559,7 @@ while True:
             bye()
 `;
 import { LineClient } from './line-client.js';
+import { MasterProcess, onHarnessExit } from './master-process.js';
 import { chownTree, exists, isRoot, signalPid, sleep, tailLines } from './util.js';
 
 let catcher: ChildProcess | null = null;
@@ -620,7 +621,6 @@ async function startSyslogCatcher(): Promise<string> {
     if (catcher === child) catcher = null;
   });
   catcher = child;
-  installExitHooks();
   return `syslog: receiver pid ${child.pid} (this process) owns ${SYSLOG_SOCKET} -> ${SYSLOG_FILE}`;
 }
 
@@ -635,33 +635,12 @@ async function fileSize(path: string): Promise<number> {
 // ---------------------------------------------------------------------------
 // process bookkeeping
 
-/** Instances not yet stopped, for the emergency hooks. */
-const live = new Set<Instance>();
-let hooksInstalled = false;
-
-function installExitHooks(): void {
-  if (hooksInstalled) return;
-  hooksInstalled = true;
-  // 'exit' handlers must be synchronous: SIGKILL every Cyrus process of ours,
-  // so a crashed test never leaves Cyrus running.
-  const cleanup = () => {
-    for (const inst of live) inst.killSync();
-    live.clear();
-    // The receiver is not signalled: our exit closes its stdin, and it leaves
-    // as soon as no harness Cyrus (of another test process) needs it.
-    catcher = null;
-  };
-  process.on('exit', cleanup);
-  // A process ended by a signal runs no 'exit' handlers. Clean up, then
-  // re-raise the signal if nobody else handles it, so the default (terminate)
-  // is unchanged.
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    process.once(sig, () => {
-      cleanup();
-      if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
-    });
-  }
-}
+// The syslog receiver is not signalled when the test process ends abruptly:
+// our exit closes its stdin, and it leaves as soon as no harness Cyrus (of
+// another test process) needs it.
+onHarnessExit(() => {
+  catcher = null;
+});
 
 
 /** State letter and ppid from the text of /proc/PID/stat. */
@@ -735,18 +714,14 @@ async function socketInodes(pid: number): Promise<Set<string>> {
 // ---------------------------------------------------------------------------
 // the instance
 
-class Instance implements Cyrus {
+class Instance extends MasterProcess implements Cyrus {
   readonly host = '127.0.0.1';
   readonly admin = { ...ADMIN };
   readonly jmapSessionUrl: string;
   readonly confPath: string;
   readonly masterLog: string;
   readonly lmtpSocket: string;
-  private stopping: Promise<void> | null = null;
   private finalLog: string | null = null;
-  private child: ChildProcess | null = null;
-  private exitPromise: Promise<void> = Promise.resolve();
-  private exited = true;
 
   constructor(
     readonly dir: string,
@@ -758,6 +733,7 @@ class Instance implements Cyrus {
     /** size of SYSLOG_FILE when the instance was created: its lines come after */
     private readonly syslogOffset: number,
   ) {
+    super();
     this.jmapSessionUrl = `http://${this.host}:${httpPort}/.well-known/jmap`;
     this.confPath = `${dir}/etc/imapd.conf`;
     this.masterLog = `${dir}/master.log`;
@@ -784,38 +760,10 @@ class Instance implements Cyrus {
           detached: true,
         },
       );
-      this.child = child;
-      this.exited = false;
-      this.exitPromise = new Promise<void>((resolve) => {
-        const onGone = () => {
-          this.exited = true;
-          resolve();
-        };
-        child.once('exit', onGone);
-        child.once('error', onGone);
-      });
-      live.add(this);
-      installExitHooks();
+      this.track(child);
     } finally {
       await log.close(); // the child has its own copy of the fd
     }
-  }
-
-  get pid(): number | undefined {
-    return this.child?.pid;
-  }
-
-  get isRunning(): boolean {
-    return !this.exited;
-  }
-
-  async waitExit(ms: number): Promise<boolean> {
-    if (this.exited) return true;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<false>((r) => (timer = setTimeout(() => r(false), ms)));
-    const res = await Promise.race([this.exitPromise.then(() => true as const), timeout]);
-    clearTimeout(timer);
-    return res;
   }
 
   /**
@@ -851,6 +799,12 @@ class Instance implements Cyrus {
     await this.waitExit(STOP_TIMEOUT_MS);
   }
 
+  /** Kills a master that could not listen (a port was taken), keeping the directory for the next attempt. */
+  async abandon(): Promise<void> {
+    await this.killAll();
+    this.untrack();
+  }
+
   /** Last-resort cleanup for the exit hooks, where nothing async runs. */
   killSync(): void {
     const master = this.exited ? undefined : this.pid;
@@ -860,12 +814,7 @@ class Instance implements Cyrus {
     rmSync(this.dir, { recursive: true, force: true });
   }
 
-  stop(): Promise<void> {
-    this.stopping ??= this.doStop();
-    return this.stopping;
-  }
-
-  private async doStop(): Promise<void> {
+  protected async doStop(): Promise<void> {
     try {
       if (!this.exited) {
         // master: "It kills itself and all child processes when it receives a SIGTERM".
@@ -874,7 +823,7 @@ class Instance implements Cyrus {
       }
       await this.killAll(); // sweep leftovers (e.g. after a SIGKILL of the master)
     } finally {
-      live.delete(this);
+      this.untrack();
       await this.flushSyslog();
       this.finalLog = await this.collectLog();
       await rm(this.dir, { recursive: true, force: true });
@@ -1150,8 +1099,7 @@ export async function startCyrus(opts: CyrusOptions = {}): Promise<Cyrus> {
       await inst.spawnMaster(prefix);
       const state = await waitListening(inst);
       if (state === 'foreign' && attempt < 3) {
-        await inst.killAll();
-        live.delete(inst);
+        await inst.abandon();
         inst = null;
         continue;
       }

@@ -7,7 +7,7 @@
  * no TLS). Works as root (mail runs as `mail`, login as `dovenull`, internals
  * as `dovecot`) and as an ordinary user (everything runs as the caller).
  */
-import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
 import {
   chmod,
   constants as fsConstants,
@@ -23,6 +23,7 @@ import {
 } from 'node:fs/promises';
 import net from 'node:net';
 import { createHmac, randomBytes } from 'node:crypto';
+import { MasterProcess } from './master-process.js';
 import { chownTree, exists, isRoot, signalPid, sleep, tailLines } from './util.js';
 
 export interface DovecotOptions {
@@ -221,32 +222,6 @@ function readGreeting(host: string, port: number, timeoutMs: number): Promise<st
 // process bookkeeping
 
 /** Instances not yet stopped (processes or dir may remain), for the emergency hooks. */
-const live = new Set<Instance>();
-let hooksInstalled = false;
-
-function installExitHooks(): void {
-  if (hooksInstalled) return;
-  hooksInstalled = true;
-  // 'exit' handlers must be synchronous: SIGKILL the masters and any
-  // imap/login children they left behind, so a crashed test never leaves
-  // Dovecot running.
-  const killLive = () => {
-    for (const inst of live) inst.killSync();
-    live.clear();
-  };
-  process.on('exit', killLive);
-  // A test process ended by a signal does not run 'exit' handlers. Clean up,
-  // then re-raise the signal if nobody else handles it (the signal-exit idiom)
-  // so the default behaviour (terminate) is unchanged.
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    const handler = () => {
-      killLive();
-      if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
-    };
-    process.once(sig, handler);
-  }
-}
-
 /** True if pid exists and is not a zombie (a zombie has already closed its sockets). */
 async function isAlive(pid: number): Promise<boolean> {
   try {
@@ -309,17 +284,13 @@ async function instancePids(dir: string, confPath: string, instanceName: string)
 // ---------------------------------------------------------------------------
 // the instance
 
-class Instance implements Dovecot {
+class Instance extends MasterProcess implements Dovecot {
   readonly host = '127.0.0.1';
   readonly logPath: string;
   readonly confPath: string;
   /** Dovecot instance_name; also in every child's process title */
   readonly instanceName: string;
-  private stopping: Promise<void> | null = null;
   private finalLog: string | null = null;
-  private child: ChildProcess | null = null;
-  private exitPromise: Promise<void> = Promise.resolve();
-  private exited = true;
 
   constructor(
     readonly dir: string,
@@ -327,6 +298,7 @@ class Instance implements Dovecot {
     readonly users: Record<string, string>,
     private readonly oauthKey: Buffer | null = null,
   ) {
+    super();
     this.logPath = `${dir}/log`;
     this.confPath = `${dir}/dovecot.conf`;
     this.instanceName = instanceNameFor(dir);
@@ -354,44 +326,10 @@ class Instance implements Dovecot {
         detached: false,
         stdio: ['ignore', log.fd, log.fd],
       });
-      this.child = child;
-      this.exited = false;
-      this.exitPromise = new Promise<void>((resolve) => {
-        // Stay in `live` until stop() finishes: children (and the dir) can
-        // outlive the master, and the exit hook must still clean them up.
-        const onGone = () => {
-          this.exited = true;
-          resolve();
-        };
-        child.once('exit', onGone);
-        child.once('error', onGone);
-      });
-      live.add(this);
+      this.track(child);
     } finally {
       await log.close(); // the child has its own copy of the fd
     }
-  }
-
-  get pid(): number | undefined {
-    return this.child?.pid;
-  }
-
-  get isRunning(): boolean {
-    return !this.exited;
-  }
-
-  /** Wait until the master has exited, or ms elapsed. Returns true if it exited. */
-  async waitExit(ms: number): Promise<boolean> {
-    if (this.exited) return true;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<false>((r) => (timer = setTimeout(() => r(false), ms)));
-    const res = await Promise.race([this.exitPromise.then(() => true as const), timeout]);
-    clearTimeout(timer);
-    return res;
-  }
-
-  kill(signal: NodeJS.Signals = 'SIGTERM'): void {
-    if (!this.exited && this.child) this.child.kill(signal);
   }
 
   async killAll(): Promise<void> {
@@ -412,6 +350,12 @@ class Instance implements Dovecot {
     await this.waitExit(STOP_TIMEOUT_MS);
   }
 
+  /** Kills a master that could not start (its port was taken), keeping the directory for the next attempt. */
+  async abandon(): Promise<void> {
+    await this.killAll();
+    this.untrack();
+  }
+
   /**
    * Synchronous last-resort cleanup for the process 'exit'/signal hooks, where
    * nothing async can run: SIGKILL the master, then the children by process
@@ -424,18 +368,13 @@ class Instance implements Dovecot {
     spawnSync('rm', ['-rf', '--', this.dir], { stdio: 'ignore' });
   }
 
-  stop(): Promise<void> {
-    if (!this.stopping) this.stopping = this.doStop();
-    return this.stopping;
-  }
-
-  private async doStop(): Promise<void> {
+  protected async doStop(): Promise<void> {
     try {
       if (!this.exited) await this.gracefulStop();
       // Sweep leftovers (e.g. after kill('SIGKILL'), imap children survive).
       await this.killAll();
     } finally {
-      live.delete(this);
+      this.untrack();
       this.finalLog = await readFile(this.logPath, 'utf8').catch(() => '');
       await rm(this.dir, { recursive: true, force: true });
     }
@@ -713,15 +652,13 @@ export async function startDovecot(opts: DovecotOptions = {}): Promise<Dovecot> 
       }
 
       inst = new Instance(dir, port, users, oauth ? oauthKey : null);
-      installExitHooks();
       await inst.spawnMaster();
       const last = await waitReady(inst);
       if (last === true) return inst;
 
       const log = await readFile(`${dir}/log`, 'utf8').catch(() => '');
       if (!inst.isRunning && attempt < 3 && /Address already in use/.test(log)) {
-        await inst.killAll();
-        live.delete(inst);
+        await inst.abandon();
         inst = null;
         continue;
       }
