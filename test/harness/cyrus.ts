@@ -799,12 +799,6 @@ class Instance extends MasterProcess implements Cyrus {
     await this.waitExit(STOP_TIMEOUT_MS);
   }
 
-  /** Kills a master that could not listen (a port was taken), keeping the directory for the next attempt. */
-  async abandon(): Promise<void> {
-    await this.killAll();
-    this.untrack();
-  }
-
   /** Last-resort cleanup for the exit hooks, where nothing async runs. */
   killSync(): void {
     const master = this.exited ? undefined : this.pid;

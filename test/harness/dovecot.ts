@@ -350,12 +350,6 @@ class Instance extends MasterProcess implements Dovecot {
     await this.waitExit(STOP_TIMEOUT_MS);
   }
 
-  /** Kills a master that could not start (its port was taken), keeping the directory for the next attempt. */
-  async abandon(): Promise<void> {
-    await this.killAll();
-    this.untrack();
-  }
-
   /**
    * Synchronous last-resort cleanup for the process 'exit'/signal hooks, where
    * nothing async can run: SIGKILL the master, then the children by process

@@ -99,6 +99,15 @@ export abstract class MasterProcess {
     return this.stopping;
   }
 
+  /** Kills a master that could not listen (its port was taken), keeping its directory for another attempt. */
+  async abandon(): Promise<void> {
+    await this.killAll();
+    this.untrack();
+  }
+
+  /** SIGKILLs the master and every process of the instance; resolves once they are gone. */
+  abstract killAll(): Promise<void>;
+
   protected abstract doStop(): Promise<void>;
 
   /** Synchronous last-resort cleanup for the emergency hooks, where nothing async can run. */
